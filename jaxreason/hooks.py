@@ -1,0 +1,445 @@
+"""Hook points: the names of every readable and editable activation, and the capture and
+intervention machinery that runs at them.
+
+Names follow TransformerLens, because published interpretability code is keyed by them.
+Shapes use one alphabet: B batch, T query positions of this call, S key slots (T for a plain
+forward, the cache length when decoding with a KV cache), D model width, H query heads,
+K key/value heads, E head width, F MLP width, V vocabulary.
+
+==========================================  ==============  =====================================
+hook name                                   shape           what it is
+==========================================  ==============  =====================================
+``hook_embed``                              (B, T, D)       token embeddings
+``hook_pos_embed``                          (B, T, D)       learned position embeddings (GPT-2)
+``blocks.{i}.hook_resid_pre``               (B, T, D)       residual stream entering block i
+``blocks.{i}.attn.hook_q``                  (B, T, H, E)    queries (before RoPE)
+``blocks.{i}.attn.hook_k``                  (B, T, K, E)    keys (before RoPE)
+``blocks.{i}.attn.hook_v``                  (B, T, K, E)    values
+``blocks.{i}.attn.hook_rot_q``              (B, T, H, E)    queries after RoPE (Llama)
+``blocks.{i}.attn.hook_rot_k``              (B, T, K, E)    keys after RoPE (Llama)
+``blocks.{i}.attn.hook_attn_scores``        (B, H, T, S)    scaled, masked scores (float32)
+``blocks.{i}.attn.hook_pattern``            (B, H, T, S)    attention probabilities (float32)
+``blocks.{i}.attn.hook_z``                  (B, T, H, E)    per-head mix of values
+``blocks.{i}.hook_attn_out``                (B, T, D)       attention output projection
+``blocks.{i}.hook_resid_mid``               (B, T, D)       residual after attention
+``blocks.{i}.mlp.hook_pre``                 (B, T, F)       MLP pre-activation (Llama: gate)
+``blocks.{i}.mlp.hook_pre_linear``          (B, T, F)       up projection (Llama)
+``blocks.{i}.mlp.hook_post``                (B, T, F)       neuron activations into down proj
+``blocks.{i}.hook_mlp_out``                 (B, T, D)       MLP output
+``blocks.{i}.hook_resid_post``              (B, T, D)       residual stream leaving block i
+``ln_final.hook_normalized``                (B, T, D)       final norm output (before the head)
+==========================================  ==============  =====================================
+
+Design: a hook site in the model is one call, ``x = hooks("blocks.3.hook_resid_post", x)``.
+What happens there is decided by two explicit arguments of the forward pass, never by global
+state, so everything works under ``jit``, ``grad``, ``vmap`` and sharding:
+
+* ``capture``: which names to record (a set of names or ``fnmatch`` patterns, or a dict from
+  name/pattern to the positions to keep). It is static: the compiled program only contains
+  the captures asked for, and capturing nothing is the same program as a plain forward.
+* ``interventions``: a dict from name/pattern to a spec (:class:`Replace`, :class:`Add`,
+  :class:`Scale`, :class:`Zero`, :class:`NeuronScale`, :class:`HeadMask`, :class:`Apply`).
+  Specs are pytrees, so their arrays may be traced values and gradients flow through them.
+
+Positions are absolute slot indices: the column of the token in the (padded) input array, plus
+the number of slots already in the KV cache when decoding. They therefore stay correct under
+left padding and across cached decoding steps. Captured values are taken after any
+intervention at the same site (what flows downstream).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import difflib
+import fnmatch
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+# (template, families, axis that indexes positions, rank)
+HOOK_TEMPLATES: tuple[tuple[str, tuple[str, ...], int, int], ...] = (
+    ("hook_embed", ("gpt2", "llama"), 1, 3),
+    ("hook_pos_embed", ("gpt2",), 1, 3),
+    ("blocks.{i}.hook_resid_pre", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.attn.hook_q", ("gpt2", "llama"), 1, 4),
+    ("blocks.{i}.attn.hook_k", ("gpt2", "llama"), 1, 4),
+    ("blocks.{i}.attn.hook_v", ("gpt2", "llama"), 1, 4),
+    ("blocks.{i}.attn.hook_rot_q", ("llama",), 1, 4),
+    ("blocks.{i}.attn.hook_rot_k", ("llama",), 1, 4),
+    ("blocks.{i}.attn.hook_attn_scores", ("gpt2", "llama"), 2, 4),
+    ("blocks.{i}.attn.hook_pattern", ("gpt2", "llama"), 2, 4),
+    ("blocks.{i}.attn.hook_z", ("gpt2", "llama"), 1, 4),
+    ("blocks.{i}.hook_attn_out", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.hook_resid_mid", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.mlp.hook_pre", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.mlp.hook_pre_linear", ("llama",), 1, 3),
+    ("blocks.{i}.mlp.hook_post", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.hook_mlp_out", ("gpt2", "llama"), 1, 3),
+    ("blocks.{i}.hook_resid_post", ("gpt2", "llama"), 1, 3),
+    ("ln_final.hook_normalized", ("gpt2", "llama"), 1, 3),
+)
+
+
+def hook_names(family: str, num_layers: int) -> tuple[str, ...]:
+    """Every hook name of a model, in the order the forward pass reaches them."""
+    front = [t for t, fam, _, _ in HOOK_TEMPLATES if family in fam and "{i}" not in t
+             and not t.startswith("ln_final")]
+    block = [t for t, fam, _, _ in HOOK_TEMPLATES if family in fam and "{i}" in t]
+    names = list(front)
+    for i in range(num_layers):
+        names += [t.format(i=i) for t in block]
+    names.append("ln_final.hook_normalized")
+    return tuple(names)
+
+
+def position_axis(name: str) -> int:
+    """The axis of a hook's value that indexes query positions."""
+    return 2 if name.endswith(("hook_attn_scores", "hook_pattern")) else 1
+
+
+def block_name(i: int, leaf: str) -> str:
+    """``block_name(3, "hook_resid_post") == "blocks.3.hook_resid_post"``."""
+    return f"blocks.{i}.{leaf}"
+
+
+def expand_names(pattern: str, valid: tuple[str, ...], what: str = "hook") -> list[str]:
+    """Names matching an exact name or ``fnmatch`` pattern; a clear error when none do."""
+    if pattern in valid:
+        return [pattern]
+    matched = [n for n in valid if fnmatch.fnmatchcase(n, pattern)]
+    if matched:
+        return matched
+    close = difflib.get_close_matches(pattern, valid, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    examples = ", ".join(valid[:4])
+    raise ValueError(f"unknown {what} name {pattern!r}.{hint} Valid names look like "
+                     f"{examples}, ... ({len(valid)} in all; see jaxreason.hooks).")
+
+
+# ----------------------------------------------------------------------------- positions
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_positions(positions, length: int, where: str) -> None:
+    """Raise when concrete positions fall outside ``[0, length)``; traced ones pass."""
+    if positions is None or not _is_concrete(positions):
+        return
+    p = np.asarray(positions)
+    if p.ndim not in (1, 2):
+        raise ValueError(f"{where}: positions must have shape (P,) or (B, P), got {p.shape}")
+    if p.size and (p.min() < 0 or p.max() >= length):
+        bad = p[(p < 0) | (p >= length)]
+        raise ValueError(f"{where}: position {int(bad.flat[0])} is outside the sequence; "
+                         f"valid positions are 0..{length - 1}")
+
+
+def _match(positions, slots, batch: int):
+    """(B, P, T) bool: does requested position p equal slot t of this call."""
+    p = jnp.asarray(positions, jnp.int32)
+    if p.ndim == 1:
+        p = jnp.broadcast_to(p[None], (batch, p.shape[0]))
+    return p[:, :, None] == slots[None, None, :]
+
+
+def _move_pos_first(x, axis: int):
+    """Bring (B, ..., T at ``axis``, ...) to (B, T, ...) so one code path serves all hooks."""
+    return jnp.moveaxis(x, axis, 1)
+
+
+def _move_pos_back(x, axis: int):
+    return jnp.moveaxis(x, 1, axis)
+
+
+def _select(x, positions, slots, axis: int):
+    """Gather the requested positions of a hook value: (B, P, ...) in position-first layout.
+
+    A position not present in this call's slots yields zeros (used while decoding, where each
+    step only holds one slot)."""
+    xt = _move_pos_first(x, axis)  # (B, T, ...)
+    match = _match(positions, slots, xt.shape[0])  # (B, P, T)
+    idx = jnp.argmax(match, axis=-1)  # (B, P)
+    hit = match.any(-1)
+    taken = jnp.take_along_axis(xt, idx.reshape(idx.shape + (1,) * (xt.ndim - 2)), axis=1)
+    return jnp.where(hit.reshape(hit.shape + (1,) * (xt.ndim - 2)), taken, 0)
+
+
+# ----------------------------------------------------------------------------- interventions
+
+class Intervention(abc.ABC):
+    """Base class of intervention specs. ``edit(x, slots, axis)`` returns the new value."""
+
+    positions: Any = None
+
+    @abc.abstractmethod
+    def edit(self, x, slots, axis):
+        """Return the edited hook value; ``axis`` is the value's position axis."""
+
+    def _where(self, x, slots, axis, new_at_positions):
+        """Put ``new_at_positions(x_at_positions)`` back at the spec's positions (all when None)."""
+        if self.positions is None:
+            return new_at_positions(x, None)
+        xt = _move_pos_first(x, axis)
+        match = _match(self.positions, slots, xt.shape[0])  # (B, P, T)
+        hit = match.any(1)  # (B, T)
+        src = jnp.argmax(match, axis=1)  # (B, T): which requested position lands on slot t
+        expand = (1,) * (xt.ndim - 2)
+        new = new_at_positions(xt, src)
+        out = jnp.where(hit.reshape(hit.shape + expand), new, xt)
+        return _move_pos_back(out, axis)
+
+
+def _gather_values(values, src, like):
+    """values (B, P, ...) -> (B, T, ...) by ``src`` (B, T) index into P."""
+    v = jnp.asarray(values)
+    if v.ndim < like.ndim:
+        raise ValueError(f"intervention values of shape {v.shape} need a batch and a position "
+                         f"axis to match a hook value of shape {like.shape}")
+    v = jnp.broadcast_to(v, (like.shape[0],) + v.shape[1:])
+    return jnp.take_along_axis(v, src.reshape(src.shape + (1,) * (v.ndim - 2)), axis=1)
+
+
+def _check_values_shape(values, x, axis, positions, name):
+    if not hasattr(values, "shape"):
+        return
+    xt_shape = list(x.shape)
+    pos_len = xt_shape[axis] if positions is None else np.shape(positions)[-1]
+    want = [xt_shape[0], pos_len] + [d for i, d in enumerate(xt_shape) if i not in (0, axis)]
+    got = list(values.shape)
+    if positions is None:
+        want_layout = xt_shape
+        try:
+            np.broadcast_shapes(tuple(got), tuple(want_layout))
+            return
+        except ValueError:
+            pass
+        raise ValueError(f"{name}: values of shape {tuple(got)} do not fit the hook value of "
+                         f"shape {tuple(want_layout)}")
+    if len(got) != len(want) or any(g not in (w, 1) for g, w in zip(got, want)):
+        raise ValueError(f"{name}: values of shape {tuple(got)} do not fit; expected "
+                         f"{tuple(want)} (batch, positions, then the hook's other axes)")
+
+
+@struct.dataclass
+class Replace(Intervention):
+    """Overwrite the hook value with ``values`` at ``positions`` (all positions when None).
+
+    ``values``: (B, P, ...) in position-first layout (attention patterns: (B, P, H, S)), or the
+    full hook shape when ``positions`` is None. ``positions``: (P,) or (B, P) absolute slots.
+    Gradients flow into ``values``.
+    """
+
+    values: Any
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        if self.positions is None:
+            return jnp.broadcast_to(jnp.asarray(self.values, x.dtype), x.shape)
+        return self._where(x, slots, axis,
+                           lambda xt, src: _gather_values(self.values, src, xt).astype(x.dtype))
+
+
+@struct.dataclass
+class Add(Intervention):
+    """Add ``values`` (a steering vector, say) at ``positions``; shapes as in :class:`Replace`."""
+
+    values: Any
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        if self.positions is None:
+            return x + jnp.asarray(self.values, x.dtype)
+        return self._where(x, slots, axis, lambda xt, src: xt + _gather_values(
+            self.values, src, xt).astype(x.dtype))
+
+
+@struct.dataclass
+class Scale(Intervention):
+    """Multiply the hook value by ``factor`` (a scalar or broadcastable array) at ``positions``."""
+
+    factor: Any
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        f = jnp.asarray(self.factor, x.dtype)
+        return self._where(x, slots, axis, lambda xt, src: xt * f)
+
+
+@struct.dataclass
+class Zero(Intervention):
+    """Zero-ablate the hook value at ``positions`` (all positions when None)."""
+
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        return self._where(x, slots, axis, lambda xt, src: jnp.zeros_like(xt))
+
+
+@struct.dataclass
+class NeuronScale(Intervention):
+    """Scale chosen neurons (last axis) of ``mlp.hook_post``; ``factor=0`` ablates them.
+
+    ``neurons``: (N,) indices, or (B, N) per example. ``factor``: scalar or (N,)/(B, N).
+    """
+
+    neurons: Any
+    factor: Any = 0.0
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        n = jnp.asarray(self.neurons, jnp.int32)
+        width = x.shape[-1]
+        onehot = jax.nn.one_hot(n, width, dtype=x.dtype)  # (..., N, F)
+        f = jnp.broadcast_to(jnp.asarray(self.factor, x.dtype), n.shape)
+        # multiplier per neuron: 1 where untouched, factor where chosen
+        mult = 1.0 + jnp.einsum("...n,...nf->...f", f - 1.0, onehot)
+        if mult.ndim == 2:  # (B, F) -> (B, 1, F)
+            mult = mult[:, None, :]
+        return self._where(x, slots, axis, lambda xt, src: xt * mult)
+
+
+@struct.dataclass
+class HeadMask(Intervention):
+    """Multiply chosen heads of ``attn.hook_pattern`` or ``attn.hook_z`` by ``mask``.
+
+    The same semantics as HF ``head_mask``: the attention probabilities of head h are scaled
+    by ``mask[h]`` after the softmax. ``mask``: (H,) or (B, H), 1 keeps a head, 0 removes it.
+    """
+
+    mask: Any
+    positions: Any = None
+
+    def edit(self, x, slots, axis):
+        m = jnp.asarray(self.mask, x.dtype)
+        if m.ndim == 1:
+            m = m[None]
+        heads_axis = 1 if axis == 2 else 2  # pattern (B,H,T,S); z (B,T,H,E)
+        shape = [m.shape[0]] + [1] * (x.ndim - 1)
+        shape[heads_axis] = m.shape[1]
+        mult = m.reshape(shape)
+        if self.positions is None:
+            return x * mult
+        mult_t = jnp.moveaxis(jnp.broadcast_to(mult, (m.shape[0],) + x.shape[1:]), axis, 1)
+        return self._where(x, slots, axis, lambda xt, src: xt * mult_t)
+
+
+@struct.dataclass
+class Apply(Intervention):
+    """Run a pure function ``fn(x, slots) -> x`` on the hook value (full hook shape).
+
+    ``slots`` are the absolute positions of this call's query axis. ``args`` is an optional
+    pytree of arrays passed as ``fn(x, slots, args)`` when given, so traced values can flow in.
+    """
+
+    fn: Callable = struct.field(pytree_node=False)
+    args: Any = None
+
+    def edit(self, x, slots, axis):
+        return self.fn(x, slots) if self.args is None else self.fn(x, slots, self.args)
+
+
+def _check_spec(name: str, spec, x, axis: int, length: int) -> None:
+    if not isinstance(spec, Intervention):
+        raise TypeError(f"intervention for {name!r} must be a jaxreason.hooks spec (Replace, "
+                        f"Add, Scale, Zero, NeuronScale, HeadMask, Apply), got {type(spec).__name__}")
+    check_positions(getattr(spec, "positions", None), length, f"intervention at {name!r}")
+    if isinstance(spec, (Replace, Add)):
+        _check_values_shape(spec.values, x, axis, spec.positions, f"intervention at {name!r}")
+    if isinstance(spec, NeuronScale):
+        if not name.endswith("mlp.hook_post") and not name.endswith("mlp.hook_pre"):
+            raise ValueError(f"NeuronScale applies to mlp.hook_post (or mlp.hook_pre), not {name!r}")
+        n = spec.neurons
+        if _is_concrete(n):
+            n = np.asarray(n)
+            if n.size and (n.min() < 0 or n.max() >= x.shape[-1]):
+                raise ValueError(f"intervention at {name!r}: neuron {int(n.max())} is outside "
+                                 f"0..{x.shape[-1] - 1}")
+    if isinstance(spec, HeadMask):
+        if not name.endswith(("hook_pattern", "hook_z", "hook_attn_scores")):
+            raise ValueError(f"HeadMask applies to attn.hook_pattern or attn.hook_z, not {name!r}")
+        heads = x.shape[1] if axis == 2 else x.shape[2]
+        if np.shape(spec.mask)[-1] != heads:
+            raise ValueError(f"intervention at {name!r}: head mask of shape "
+                             f"{np.shape(spec.mask)} does not match {heads} heads")
+
+
+# ----------------------------------------------------------------------------- the runner
+
+@dataclasses.dataclass(frozen=True)
+class HookPlan:
+    """Static, resolved request: which exact names to capture (with positions) and edit."""
+
+    capture: Mapping[str, Any]  # name -> positions or None
+    interventions: Mapping[str, Intervention]
+
+    @property
+    def empty(self) -> bool:
+        return not self.capture and not self.interventions
+
+
+def normalize_capture(capture) -> dict[str, Any]:
+    """Accept None, a string, an iterable of names/patterns, or a dict name -> positions."""
+    if capture is None:
+        return {}
+    if isinstance(capture, str):
+        return {capture: None}
+    if isinstance(capture, Mapping):
+        return dict(capture)
+    return {c: None for c in capture}
+
+
+def make_plan(capture, interventions, valid: tuple[str, ...]) -> HookPlan:
+    """Resolve patterns against a model's hook names; raises on unknown names."""
+    cap = {}
+    for pattern, positions in normalize_capture(capture).items():
+        for name in expand_names(pattern, valid):
+            cap[name] = positions
+    edits = {}
+    for pattern, spec in (interventions or {}).items():
+        for name in expand_names(pattern, valid):
+            edits[name] = spec
+    return HookPlan(cap, edits)
+
+
+class HookRunner:
+    """Executes a :class:`HookPlan` at each hook site during one traced forward pass.
+
+    Lives only for the duration of a trace (a Python object, not a pytree): it edits values
+    per the plan and collects captures into ``self.captured``.
+
+    Args:
+      plan: the resolved request.
+      slots: (T,) int32 absolute positions of this call's query axis.
+      length: number of slots (S) visible in this call, for position checks.
+    """
+
+    def __init__(self, plan: HookPlan, slots, length: int):
+        self.plan = plan
+        self.slots = slots
+        self.length = length
+        self.captured: dict[str, jax.Array] = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.plan.capture or name in self.plan.interventions
+
+    def __call__(self, name: str, x):
+        if self.plan.empty:
+            return x
+        axis = position_axis(name)
+        spec = self.plan.interventions.get(name)
+        if spec is not None:
+            _check_spec(name, spec, x, axis, self.length)
+            x = spec.edit(x, self.slots, axis)
+        if name in self.plan.capture:
+            positions = self.plan.capture[name]
+            if positions is None:
+                self.captured[name] = x
+            else:
+                check_positions(positions, self.length, f"capture of {name!r}")
+                self.captured[name] = _select(x, positions, self.slots, axis)
+        return x

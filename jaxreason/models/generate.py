@@ -1,0 +1,213 @@
+"""KV-cache generation with capture and interventions.
+
+A jitted prefill writes the prompt into the cache, then a jitted one-token step decodes;
+the Python loop between them shows a progress bar and stops once every row has hit EOS.
+Both functions are compiled once per (model, capture request, sampling settings) and reused.
+
+Prompts are left-padded (right-padded prompts are re-aligned for you), so every row's next
+token sits in the same slot. A prompt prefix shared by the whole batch (a few-shot prompt,
+say) can be prefilled once with :func:`prefill_prefix` and passed as ``prefix=``: its cache
+is broadcast to the batch, and the rows' own tokens follow it.
+
+Capture returns, for every requested hook, the values at every slot from the end of the
+prefix on (prompt then generated tokens): ``out.captured[name][:, j]`` belongs to slot
+``out.capture_start + j`` and token ``out.tokens[:, j]``. Attention patterns are
+(B, H, T, S) with S the cache length. Interventions apply during the prefill only
+(``intervene_on="prefill"``) or also at every decoding step (``"all"``); their positions are
+absolute slots, so the prefix counts.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from tqdm.auto import tqdm
+
+from jaxreason.hooks import normalize_capture, position_axis
+from jaxreason.models.layers import KVCache
+from jaxreason.models.lm import CausalLM
+
+
+@struct.dataclass
+class GenerateOutput:
+    """Result of :func:`generate`.
+
+    tokens: (B, T + N) the (left-aligned) prompt followed by generated tokens; after a row's
+      EOS the rest is ``pad_token_id``.
+    prompt_mask: (B, T) 1 for real prompt tokens.
+    generated: (B, N) generated tokens only.
+    num_generated: (B,) tokens generated per row, EOS included.
+    captured: hook name -> values over slots ``capture_start ..``.
+    capture_start: slot of ``tokens[:, 0]`` (the prefix length).
+    """
+
+    tokens: Any
+    prompt_mask: Any
+    generated: Any
+    num_generated: Any
+    captured: dict
+    capture_start: int = struct.field(pytree_node=False, default=0)
+
+
+def extend_cache(cache: KVCache, max_len: int) -> KVCache:
+    """Give a cache more empty slots (a prefix cache is built exactly as long as the prefix)."""
+    extra = max_len - cache.max_len
+    if extra < 0:
+        raise ValueError(f"cannot shrink a cache of {cache.max_len} slots to {max_len}")
+    if extra == 0:
+        return cache
+    pad = lambda a: jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
+    return cache.replace(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)),
+                         key_valid=pad(cache.key_valid), key_pos=pad(cache.key_pos))
+
+
+def left_align(input_ids, attention_mask):
+    """Move each row's padding to the left (numpy, on concrete arrays)."""
+    ids, mask = np.asarray(input_ids), np.asarray(attention_mask).astype(bool)
+    if mask[:, -1].all():
+        return ids, mask.astype(np.int32)
+    out_ids, out_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for r in range(ids.shape[0]):
+        real = ids[r][mask[r]]
+        if real.size:
+            out_ids[r, -real.size:] = real
+            out_mask[r, -real.size:] = True
+    return out_ids, out_mask.astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capture_key"))
+def _prefill(model: CausalLM, params, cache, input_ids, attention_mask, interventions,
+             capture_key):
+    out = model.apply(params, input_ids, attention_mask, cache=cache,
+                      capture=list(capture_key) or None, interventions=interventions)
+    return out.logits[:, -1], out.cache, out.captured
+
+
+def _sample(logits, key, temperature: float, top_p: float):
+    """Greedy when temperature is 0; otherwise temperature and nucleus (top-p) sampling."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+        kept = jnp.where(before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capture_key", "temperature", "top_p"),
+                   donate_argnames=("cache",))
+def _step(model: CausalLM, params, cache, token, live, interventions, key, eos_ids, pad_id,
+          capture_key, temperature, top_p):
+    out = model.apply(params, token[:, None], live[:, None].astype(jnp.int32), cache=cache,
+                      capture=list(capture_key) or None, interventions=interventions)
+    nxt = _sample(out.logits[:, -1], key, temperature, top_p)
+    return nxt, out.cache, out.captured
+
+
+def prefill_prefix(model: CausalLM, params, prefix_ids: Sequence[int] | jax.Array, *,
+                   interventions=None) -> KVCache:
+    """Run a prompt prefix shared by a whole batch once; pass the result as ``prefix=``."""
+    ids = jnp.asarray(prefix_ids, jnp.int32).reshape(1, -1)
+    cache = model.init_cache(1, ids.shape[1])
+    _, cache, _ = _prefill(model, params, cache, ids, jnp.ones_like(ids), interventions, ())
+    return cache
+
+
+def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new_tokens: int,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, capture=None,
+             interventions=None, intervene_on: str = "prefill", prefix: KVCache | None = None,
+             progress: bool = False) -> GenerateOutput:
+    """Decode up to ``max_new_tokens`` per row with a KV cache.
+
+    Args:
+      model, params: the model and its parameters.
+      input_ids: (B, T) prompts; attention_mask: (B, T) 1 for real tokens (any padding side).
+      max_new_tokens: steps to decode; rows stop at their first EOS.
+      eos_token_id: one id or several; None decodes the full length.
+      temperature, top_p, seed: sampling; temperature 0 is greedy.
+      capture: hook names or patterns to record at every prompt and generated slot.
+      interventions: hook specs; applied during the prefill only, or at every step too when
+        ``intervene_on="all"``.
+      prefix: a batch-1 cache from :func:`prefill_prefix` that every row continues from.
+      progress: show a progress bar over decoding steps.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if intervene_on not in ("prefill", "all"):
+        raise ValueError(f"intervene_on={intervene_on!r}; allowed: 'prefill', 'all'")
+    if not 0.0 < top_p <= 1.0 or temperature < 0.0:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    cap = normalize_capture(capture)
+    if any(v is not None for v in cap.values()):
+        raise ValueError("generate captures every slot; pass hook names only and select "
+                         "positions from the result")
+    capture_key = tuple(sorted(cap))
+    ids = np.asarray(input_ids)
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    ids, mask = left_align(ids, mask)
+    b, t = ids.shape
+    start = 0 if prefix is None else prefix.max_len
+    total = start + t + max_new_tokens
+    if model.family == "gpt2" and total > model.config.max_position_embeddings:
+        raise ValueError(f"prefix + prompt + max_new_tokens = {total} exceeds GPT-2's "
+                         f"{model.config.max_position_embeddings} positions")
+    if prefix is None:
+        cache = model.init_cache(b, total)
+    else:
+        cache = extend_cache(prefix.broadcast(b) if prefix.batch == 1 else prefix, total)
+    eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else eos_token_id), jnp.int32)
+    step_edits = interventions if intervene_on == "all" else None
+
+    last_logits, cache, captured = _prefill(model, params, cache, jnp.asarray(ids, jnp.int32),
+                                            jnp.asarray(mask, jnp.int32), interventions,
+                                            capture_key)
+    key = jax.random.PRNGKey(seed)
+    key, sub = jax.random.split(key)
+    token = _sample(last_logits, sub, temperature, top_p)
+    live = jnp.ones((b,), bool)
+    pieces = {n: [v] for n, v in captured.items()}
+    tokens, lives = [], []
+    bar = tqdm(total=max_new_tokens, desc="generating", disable=not progress, leave=False)
+    for n in range(max_new_tokens):
+        token = jnp.where(live, token, pad_token_id)
+        tokens.append(token)
+        lives.append(live)
+        live = live & ~jnp.isin(token, eos)
+        bar.update(1)
+        last = n == max_new_tokens - 1 or (n % 4 == 3 and not bool(live.any()))
+        if last and not capture_key:
+            break
+        # feed the token back: this decodes the next one and, when capturing, records the
+        # activations of this token, so captures line up with `tokens` slot for slot
+        key, sub = jax.random.split(key)
+        token, cache, captured = _step(model, params, cache, token, lives[-1],
+                                       step_edits, sub, eos, pad_token_id, capture_key,
+                                       temperature, top_p)
+        for name, v in captured.items():
+            pieces[name].append(v)
+        if last:
+            break
+    bar.close()
+    generated = jnp.stack(tokens, axis=1)
+    n_gen = jnp.stack(lives, axis=1).sum(1)
+    steps = generated.shape[1]
+    if steps < max_new_tokens:  # stopped early: pad to the requested width
+        generated = jnp.pad(generated, ((0, 0), (0, max_new_tokens - steps)),
+                            constant_values=pad_token_id)
+    out_captured = {}
+    for name, parts in pieces.items():
+        axis = position_axis(name)
+        out_captured[name] = jnp.concatenate(parts, axis=axis)
+    return GenerateOutput(tokens=jnp.concatenate([jnp.asarray(ids), generated], axis=1),
+                          prompt_mask=jnp.asarray(mask), generated=generated,
+                          num_generated=n_gen, captured=out_captured, capture_start=start)

@@ -1,0 +1,280 @@
+"""Pieces both model families share: norms, RoPE, the KV cache, masks, the attention core
+and the hook sequence of a pre-norm residual block.
+
+The model files (``gpt2.py``, ``llama.py``) only define parameters and projections with
+HuggingFace names; everything that reads or edits activations lives here, so a hook behaves
+the same way in both families.
+
+Shape alphabet: B batch, T query positions, S key slots, D model, H query heads,
+K key/value heads, G = H // K query heads per KV head, E head width, F MLP width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxreason.hooks import HookRunner, block_name
+from jaxreason.models.config import LlamaConfig
+
+Initializer = Callable[..., jax.Array]
+
+
+def logical(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
+    """Attach logical axis names to an initializer; ``jaxreason.sharding`` maps them to a mesh."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x, axes: tuple[str | None, ...]):
+    """Activation sharding constraint at block boundaries (a no-op without axis rules)."""
+    return nn.with_logical_constraint(x, axes)
+
+
+# ----------------------------------------------------------------------------- norms
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm, computed in float32 and cast back, with HF's parameter name."""
+
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", logical(nn.initializers.ones, ("norm",)),
+                            (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the weight multiply; keep that order.
+        return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """GPT-2 LayerNorm in float32 with ``weight``/``bias`` parameter names."""
+
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        weight = self.param("weight", logical(nn.initializers.ones, ("norm",)), (d,),
+                            self.param_dtype)
+        bias = self.param("bias", logical(nn.initializers.zeros, ("norm",)), (d,),
+                          self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def dense(features: int, name: str, axes: tuple[str, str], *, use_bias: bool, dtype,
+          param_dtype, std: float = 0.02) -> nn.Dense:
+    """A linear layer whose kernel is (in, out), named like the HF module it mirrors."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    kernel_init=logical(nn.initializers.normal(std), axes),
+                    bias_init=logical(nn.initializers.zeros, (axes[1],)))
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+def rope_inv_freq(config: LlamaConfig) -> jax.Array:
+    """Inverse frequencies (E/2,) including linear and Llama-3 ``rope_scaling``."""
+    e = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+    if config.rope_type == "linear":
+        return inv / config.rope_factor
+    if config.rope_type != "llama3":
+        return inv
+    factor = config.rope_factor
+    old_len = config.rope_original_max_position_embeddings
+    low_wavelen = old_len / config.rope_low_freq_factor
+    high_wavelen = old_len / config.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv
+    # Long wavelengths are slowed down by `factor`, short ones kept, the band between blended.
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_len / wavelen - config.rope_low_freq_factor) / (
+        config.rope_high_freq_factor - config.rope_low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, blended, scaled)
+
+
+def apply_rope(x, positions, inv_freq):
+    """Rotate (B, T, N, E) by positions (B, T), HF's half-split convention, in float32."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, E/2)
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+@struct.dataclass
+class KVCache:
+    """Keys (after RoPE) and values of every layer, plus what masks and positions need.
+
+    ``length`` slots of ``max_len`` are filled; all rows share slot numbering (so a hook
+    position means the same slot in every row), while ``next_pos`` tracks each row's own
+    position id, which differs under padding.
+    """
+
+    keys: tuple  # L x (B, S, K, E)
+    values: tuple  # L x (B, S, K, E)
+    key_valid: jax.Array  # (B, S) bool: slot holds a real token
+    key_pos: jax.Array  # (B, S) int32: position id of the token in each slot
+    length: jax.Array  # () int32: slots filled
+    next_pos: jax.Array  # (B,) int32: position id of each row's next token
+
+    @property
+    def max_len(self) -> int:
+        return self.key_valid.shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+    @classmethod
+    def create(cls, config, batch: int, max_len: int, dtype=None) -> "KVCache":
+        dtype = dtype or jnp.dtype(config.dtype)
+        shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype)
+                                            for _ in range(config.num_layers)),
+                   key_valid=jnp.zeros((batch, max_len), bool),
+                   key_pos=jnp.zeros((batch, max_len), jnp.int32),
+                   length=jnp.zeros((), jnp.int32), next_pos=jnp.zeros((batch,), jnp.int32))
+
+    def broadcast(self, batch: int) -> "KVCache":
+        """Repeat a batch-1 cache (a shared prompt prefix) for ``batch`` rows."""
+        if self.batch != 1:
+            raise ValueError(f"only a batch-1 prefix cache can be broadcast, got batch {self.batch}")
+        rep = lambda a: jnp.repeat(a, batch, axis=0)  # noqa: E731
+        return self.replace(keys=tuple(map(rep, self.keys)), values=tuple(map(rep, self.values)),
+                            key_valid=rep(self.key_valid), key_pos=rep(self.key_pos),
+                            next_pos=rep(self.next_pos))
+
+
+# ----------------------------------------------------------------------------- per-call context
+
+@dataclasses.dataclass
+class Context:
+    """Everything one forward call threads through the blocks (lives only during a trace)."""
+
+    hooks: HookRunner
+    positions: jax.Array  # (B, T) position ids (RoPE / learned positions)
+    mask: jax.Array  # (B, 1, T, S) bool: query may attend to key slot
+    offset: Any  # int or () array: slot of the first query
+    cache: KVCache | None
+    new_keys: list = dataclasses.field(default_factory=list)
+    new_values: list = dataclasses.field(default_factory=list)
+
+
+def build_context(hooks_plan, input_ids, attention_mask, position_ids, cache, sliding_window):
+    """Positions, the attention mask and the hook runner for one call.
+
+    Without a cache the keys are this call's tokens (S = T). With a cache the call's tokens
+    are written at slots ``[cache.length, cache.length + T)`` and attend to every filled slot.
+    """
+    b, t = input_ids.shape
+    mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    running = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    if cache is None:
+        positions = running if position_ids is None else position_ids
+        offset, key_valid, key_pos, s = 0, mask, positions, t
+    else:
+        if cache.batch != b:
+            raise ValueError(f"cache has batch {cache.batch} but input_ids has batch {b}")
+        positions = cache.next_pos[:, None] + running if position_ids is None else position_ids
+        offset = cache.length
+        key_valid = jax.lax.dynamic_update_slice(cache.key_valid, mask, (0, offset))
+        key_pos = jax.lax.dynamic_update_slice(cache.key_pos, positions.astype(jnp.int32),
+                                               (0, offset))
+        s = cache.max_len
+    positions = positions.astype(jnp.int32)
+    slots = offset + jnp.arange(t, dtype=jnp.int32)  # (T,)
+    allowed = key_valid[:, None, :] & (jnp.arange(s)[None, None, :] <= slots[None, :, None])
+    if sliding_window is not None:
+        allowed &= (positions[:, :, None] - key_pos[:, None, :]) < sliding_window
+    runner = HookRunner(hooks_plan, slots, s)
+    ctx = Context(hooks=runner, positions=positions, mask=allowed[:, None], offset=offset,
+                  cache=cache)
+    return ctx, mask, key_valid, key_pos
+
+
+def finish_cache(ctx: Context, mask, key_valid, key_pos):
+    """The cache after this call, or None when decoding without one."""
+    cache = ctx.cache
+    if cache is None:
+        return None
+    t = mask.shape[1]
+    return cache.replace(keys=tuple(ctx.new_keys), values=tuple(ctx.new_values),
+                         key_valid=key_valid, key_pos=key_pos, length=cache.length + t,
+                         next_pos=cache.next_pos + mask.sum(1).astype(jnp.int32))
+
+
+# ----------------------------------------------------------------------------- attention core
+
+def attention_core(ctx: Context, i: int, q, k, v, rope_inv_freq_=None):
+    """Hooks, RoPE, cache update and softmax attention for layer ``i``.
+
+    Args:
+      q: (B, T, H, E) queries; k, v: (B, T, K, E) keys and values of this call's tokens.
+      rope_inv_freq_: (E/2,) RoPE frequencies, or None for models with learned positions.
+    Returns:
+      z: (B, T, H, E) per-head outputs, after ``attn.hook_z``.
+    """
+    hk = ctx.hooks
+    name = lambda leaf: block_name(i, "attn." + leaf)  # noqa: E731
+    q = hk(name("hook_q"), q)
+    k = hk(name("hook_k"), k)
+    v = hk(name("hook_v"), v)
+    if rope_inv_freq_ is not None:
+        q = hk(name("hook_rot_q"), apply_rope(q, ctx.positions, rope_inv_freq_))
+        k = hk(name("hook_rot_k"), apply_rope(k, ctx.positions, rope_inv_freq_))
+    if ctx.cache is not None:
+        k = jax.lax.dynamic_update_slice(ctx.cache.keys[i], k.astype(ctx.cache.keys[i].dtype),
+                                         (0, ctx.offset, 0, 0))
+        v = jax.lax.dynamic_update_slice(ctx.cache.values[i],
+                                         v.astype(ctx.cache.values[i].dtype), (0, ctx.offset, 0, 0))
+        ctx.new_keys.append(k)
+        ctx.new_values.append(v)
+    b, t, h, e = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    qg = q.reshape(b, t, kv, g, e)  # query head h uses kv head h // G, as HF repeat_kv does
+    scores = jnp.einsum("btkge,bske->bkgts", qg, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) / math.sqrt(e)
+    scores = scores.reshape(b, h, t, -1)  # (B, H, T, S)
+    scores = jnp.where(ctx.mask, scores, jnp.finfo(jnp.float32).min)
+    scores = hk(name("hook_attn_scores"), scores)
+    pattern = jax.nn.softmax(scores, axis=-1)
+    pattern = hk(name("hook_pattern"), pattern)
+    pg = pattern.reshape(b, kv, g, t, -1).astype(v.dtype)
+    z = jnp.einsum("bkgts,bske->btkge", pg, v).reshape(b, t, h, e)
+    return hk(name("hook_z"), z)
+
+
+def residual_block(ctx: Context, i: int, x, norm1, attend, norm2, mlp):
+    """The hook sequence of one pre-norm block, shared by GPT-2 and Llama.
+
+    ``attend(h) -> (B, T, D)`` runs the attention sub-layer on the normed stream, ``mlp(h)``
+    the MLP; each model supplies its own projections.
+    """
+    hk = ctx.hooks
+    x = constrain(x, ("batch", "seq", "embed"))
+    x = hk(block_name(i, "hook_resid_pre"), x)
+    attn_out = hk(block_name(i, "hook_attn_out"), attend(norm1(x)))
+    x = hk(block_name(i, "hook_resid_mid"), x + attn_out)
+    mlp_out = hk(block_name(i, "hook_mlp_out"), mlp(norm2(x)))
+    x = hk(block_name(i, "hook_resid_post"), x + mlp_out)
+    return constrain(x, ("batch", "seq", "embed"))

@@ -1,0 +1,96 @@
+"""The Llama family in Flax linen: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+One implementation serves Llama 1-3, Mistral and Qwen2/2.5: their differences are config
+fields (``kv_heads``, ``rope_type``, ``sliding_window``, ``qkv_bias``/``o_bias``), not code.
+Names mirror HuggingFace's ``LlamaForCausalLM`` (``embed_tokens``, ``layers_{i}``,
+``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``,
+``mlp.{gate,up,down}_proj``, ``norm``, ``lm_head``); kernels are stored (in, out).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxreason.hooks import block_name
+from jaxreason.models.config import LlamaConfig, dtype_of
+from jaxreason.models.layers import (Context, RMSNorm, attention_core, dense, logical,
+                                     residual_block, rope_inv_freq)
+
+
+class LlamaAttention(nn.Module):
+    config: LlamaConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, ctx: Context, h):
+        c = self.config
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        b, t, _ = h.shape
+        e, nh, nk = c.head_dim, c.num_heads, c.num_kv_heads
+        proj = lambda n, name, bias: dense(n * e, name, ("embed", "heads"), use_bias=bias,  # noqa: E731
+                                           dtype=dt, param_dtype=pdt)
+        q = proj(nh, "q_proj", c.qkv_bias)(h).reshape(b, t, nh, e)
+        k = proj(nk, "k_proj", c.qkv_bias)(h).reshape(b, t, nk, e)
+        v = proj(nk, "v_proj", c.qkv_bias)(h).reshape(b, t, nk, e)
+        z = attention_core(ctx, self.layer, q, k, v, rope_inv_freq(c))  # (B, T, H, E)
+        return dense(c.hidden_size, "o_proj", ("heads", "embed"), use_bias=c.o_bias, dtype=dt,
+                     param_dtype=pdt)(z.reshape(b, t, nh * e))
+
+
+class LlamaMLP(nn.Module):
+    config: LlamaConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, ctx: Context, h):
+        c = self.config
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        up = lambda name: dense(c.intermediate_size, name, ("embed", "mlp"),  # noqa: E731
+                                use_bias=c.mlp_bias, dtype=dt, param_dtype=pdt)
+        gate = ctx.hooks(block_name(self.layer, "mlp.hook_pre"), up("gate_proj")(h))
+        lin = ctx.hooks(block_name(self.layer, "mlp.hook_pre_linear"), up("up_proj")(h))
+        post = ctx.hooks(block_name(self.layer, "mlp.hook_post"), jax.nn.silu(gate) * lin)
+        return dense(c.hidden_size, "down_proj", ("mlp", "embed"), use_bias=c.mlp_bias, dtype=dt,
+                     param_dtype=pdt)(post)
+
+
+class LlamaBlock(nn.Module):
+    config: LlamaConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, ctx: Context, x):
+        c = self.config
+        pdt = dtype_of(c.param_dtype)
+        attn = LlamaAttention(c, self.layer, name="self_attn")
+        mlp = LlamaMLP(c, self.layer, name="mlp")
+        return residual_block(ctx, self.layer, x,
+                              RMSNorm(c.rms_norm_eps, pdt, name="input_layernorm"),
+                              lambda h: attn(ctx, h),
+                              RMSNorm(c.rms_norm_eps, pdt, name="post_attention_layernorm"),
+                              lambda h: mlp(ctx, h))
+
+
+class LlamaModule(nn.Module):
+    """The whole Llama-family model; ``__call__`` returns logits (B, T, V) in float32."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, ctx: Context, input_ids):
+        c = self.config
+        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=pdt,
+                         name="embed_tokens",
+                         embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")))
+        x = ctx.hooks("hook_embed", embed(input_ids))
+        for i in range(c.num_layers):
+            x = LlamaBlock(c, i, name=f"layers_{i}")(ctx, x)
+        x = RMSNorm(c.rms_norm_eps, pdt, name="norm")(x)
+        x = ctx.hooks("ln_final.hook_normalized", x)
+        if c.tie_word_embeddings:
+            return embed.attend(x).astype(jnp.float32)
+        return dense(c.vocab_size, "lm_head", ("embed", "vocab"), use_bias=False, dtype=dt,
+                     param_dtype=pdt)(x).astype(jnp.float32)

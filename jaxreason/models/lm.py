@@ -1,0 +1,192 @@
+"""The public model object: one interface over both families.
+
+``CausalLM`` pairs a frozen config with its Flax module and exposes the call notebooks and
+studies rely on::
+
+    model, params = jaxreason.models.from_config(GPT2Config.tiny(), seed=0)
+    out = model.apply(params, input_ids, attention_mask=mask,
+                      capture={"blocks.*.hook_resid_post"},
+                      interventions={"blocks.1.hook_resid_post": Replace(vals, positions)})
+    out.logits        # (B, T, V) float32
+    out.captured      # {"blocks.0.hook_resid_post": (B, T, D), ...}
+
+``apply`` is a pure function of its array arguments, so it can be wrapped in ``jax.jit``
+(with ``capture`` static), differentiated, vmapped or sharded. ``model.jit_apply`` is a
+convenience that does the jit for you and caches one compiled program per capture request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxreason.hooks import hook_names, make_plan, normalize_capture
+from jaxreason.models.config import BaseConfig, GPT2Config, LlamaConfig
+from jaxreason.models.gpt2 import GPT2Module
+from jaxreason.models.layers import KVCache, build_context, finish_cache
+from jaxreason.models.llama import LlamaModule
+
+MODULES = {"gpt2": GPT2Module, "llama": LlamaModule}
+
+
+@struct.dataclass
+class ModelOutput:
+    """What a forward pass returns: logits, the requested captures, and the updated cache."""
+
+    logits: jax.Array  # (B, T, V) float32
+    captured: dict = struct.field(default_factory=dict)
+    cache: KVCache | None = None
+
+
+def _unwrap(params):
+    """Accept either the bare parameter tree or Flax's ``{"params": tree}``."""
+    if isinstance(params, dict) and set(params) == {"params"}:
+        return params["params"]
+    return params
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """A decoder-only language model with hook points. Hashable, so it can be jit-static."""
+
+    config: BaseConfig
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @functools.cached_property
+    def module(self) -> nn.Module:
+        return MODULES[self.family](self.config)
+
+    @functools.cached_property
+    def hook_names(self) -> tuple[str, ...]:
+        """Every valid hook name of this model, in forward order."""
+        return hook_names(self.family, self.config.num_layers)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _abstract_call(self, rng, t: int = 2):
+        ids = jnp.zeros((1, t), jnp.int32)
+        ctx, *_ = build_context(make_plan(None, None, self.hook_names), ids, None, None, None,
+                                None)
+        return self.module.init(rng, ctx, ids)
+
+    def init(self, rng) -> dict:
+        """Fresh random parameters (the bare tree, logical-axis boxes removed)."""
+        return nn.meta.unbox(self._abstract_call(rng))["params"]
+
+    def logical_axes(self) -> dict:
+        """A tree like the params whose leaves are ``PartitionSpec`` of logical axis names."""
+        boxed = jax.eval_shape(self._abstract_call, jax.random.PRNGKey(0))
+        return nn.get_partition_spec(boxed)["params"]
+
+    def param_shapes(self) -> dict:
+        """``ShapeDtypeStruct`` tree of the parameters without allocating them."""
+        return jax.eval_shape(self.init, jax.random.PRNGKey(0))
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty KV cache with ``max_len`` slots per row."""
+        return KVCache.create(self.config, batch, max_len, dtype)
+
+    # ------------------------------------------------------------------ forward
+
+    def apply(self, params, input_ids, attention_mask=None, *, position_ids=None,
+              capture=None, interventions=None, cache: KVCache | None = None) -> ModelOutput:
+        """Run the model.
+
+        Args:
+          params: the parameter tree (or ``{"params": tree}``).
+          input_ids: (B, T) int token ids.
+          attention_mask: (B, T), 1 for real tokens and 0 for padding (left or right).
+            Position ids follow it, so each real token gets the same result as without padding.
+          position_ids: (B, T) explicit position ids overriding the mask-derived ones.
+          capture: hook names or patterns to record, or a dict name -> positions (P,) or (B, P)
+            to record only those query positions. Static: changing it recompiles.
+          interventions: dict name/pattern -> spec from ``jaxreason.hooks``.
+          cache: a :class:`KVCache`; the tokens are appended after its filled slots.
+        Returns:
+          :class:`ModelOutput` with ``logits`` (B, T, V), ``captured`` and the new ``cache``.
+        """
+        self._check_inputs(input_ids, attention_mask, position_ids, cache)
+        plan = make_plan(capture, interventions, self.hook_names)
+        window = getattr(self.config, "sliding_window", None)
+        ctx, mask, key_valid, key_pos = build_context(plan, input_ids, attention_mask,
+                                                      position_ids, cache, window)
+        if self.family == "gpt2":
+            self._check_positions(ctx.positions)
+        logits = self.module.apply({"params": _unwrap(params)}, ctx, input_ids)
+        return ModelOutput(logits=logits, captured=ctx.hooks.captured,
+                           cache=finish_cache(ctx, mask, key_valid, key_pos))
+
+    @functools.cached_property
+    def _jitted(self):
+        @functools.partial(jax.jit, static_argnames=("capture_key",))
+        def run(params, input_ids, attention_mask, position_ids, interventions, cache,
+                capture_key, capture_positions):
+            capture = dict(zip(capture_key, capture_positions)) if capture_key else None
+            return self.apply(params, input_ids, attention_mask, position_ids=position_ids,
+                              capture=capture, interventions=interventions, cache=cache)
+        return run
+
+    def jit_apply(self, params, input_ids, attention_mask=None, *, position_ids=None,
+                  capture=None, interventions=None, cache=None) -> ModelOutput:
+        """``apply`` under ``jax.jit``; one compiled program per set of captured names."""
+        cap = normalize_capture(capture)
+        key = tuple(sorted(cap))
+        positions = tuple(None if cap[k] is None else jnp.asarray(cap[k]) for k in key)
+        return self._jitted(params, input_ids, attention_mask, position_ids, interventions,
+                            cache, capture_key=key, capture_positions=positions)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_inputs(self, input_ids, attention_mask, position_ids, cache):
+        shape = getattr(input_ids, "shape", None)
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"input_ids must be a (batch, seq) array, got shape {shape}")
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be integers, got dtype {input_ids.dtype}")
+        for name, arr in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if arr is not None and tuple(arr.shape) != tuple(shape):
+                raise ValueError(f"{name} has shape {tuple(arr.shape)} but input_ids has "
+                                 f"shape {tuple(shape)}")
+        if _is_concrete(input_ids) and input_ids.size:
+            ids = np.asarray(input_ids)
+            if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+                bad = int(ids.max() if ids.max() >= self.config.vocab_size else ids.min())
+                raise ValueError(f"token id {bad} is outside the vocabulary 0.."
+                                 f"{self.config.vocab_size - 1}")
+        if cache is not None and _is_concrete(cache.length):
+            if int(cache.length) + shape[1] > cache.max_len:
+                raise ValueError(f"the cache has {cache.max_len - int(cache.length)} free slots "
+                                 f"but {shape[1]} tokens were given; create a larger cache")
+
+    def _check_positions(self, positions):
+        if _is_concrete(positions) and positions.size:
+            top = int(np.asarray(positions).max())
+            if top >= self.config.max_position_embeddings:
+                raise ValueError(f"position {top} exceeds GPT-2's learned positions "
+                                 f"0..{self.config.max_position_embeddings - 1}")
+
+
+def from_config(config: BaseConfig, seed: int = 0) -> tuple[CausalLM, dict]:
+    """A fresh randomly initialised model and its parameters."""
+    if not isinstance(config, (GPT2Config, LlamaConfig)):
+        raise TypeError(f"config must be a GPT2Config or LlamaConfig, got {type(config).__name__}")
+    model = CausalLM(config)
+    return model, model.init(jax.random.PRNGKey(seed))
+
+
+def count_params(params: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
