@@ -139,6 +139,15 @@ def check_positions(positions, length: int, where: str) -> None:
                          f"valid positions are 0..{length - 1}")
 
 
+def check_request_positions(capture, interventions, length: int) -> None:
+    """Check the concrete positions of a capture request and of intervention specs up front,
+    before ``jit`` turns them into tracers that :func:`check_positions` must let pass."""
+    for pattern, positions in normalize_capture(capture).items():
+        check_positions(positions, length, f"capture of {pattern!r}")
+    for pattern, spec in (interventions or {}).items():
+        check_positions(getattr(spec, "positions", None), length, f"intervention at {pattern!r}")
+
+
 def _match(positions, slots, batch: int):
     """(B, P, T) bool: does requested position p equal slot t of this call."""
     p = jnp.asarray(positions, jnp.int32)
@@ -357,7 +366,8 @@ def _check_spec(name: str, spec, x, axis: int, length: int) -> None:
         if _is_concrete(n):
             n = np.asarray(n)
             if n.size and (n.min() < 0 or n.max() >= x.shape[-1]):
-                raise ValueError(f"intervention at {name!r}: neuron {int(n.max())} is outside "
+                bad = n[(n < 0) | (n >= x.shape[-1])]
+                raise ValueError(f"intervention at {name!r}: neuron {int(bad.flat[0])} is outside "
                                  f"0..{x.shape[-1] - 1}")
     if isinstance(spec, HeadMask):
         if not name.endswith(("hook_pattern", "hook_z", "hook_attn_scores")):

@@ -28,7 +28,7 @@ import numpy as np
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxreason.hooks import normalize_capture, position_axis
+from jaxreason.hooks import check_request_positions, normalize_capture, position_axis
 from jaxreason.models.layers import KVCache
 from jaxreason.models.lm import CausalLM
 
@@ -161,6 +161,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     if model.family == "gpt2" and total > model.config.max_position_embeddings:
         raise ValueError(f"prefix + prompt + max_new_tokens = {total} exceeds GPT-2's "
                          f"{model.config.max_position_embeddings} positions")
+    check_request_positions(None, interventions, total)
     if prefix is None:
         cache = model.init_cache(b, total)
     else:

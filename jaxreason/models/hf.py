@@ -159,8 +159,13 @@ def load_tokenizer(path: str | os.PathLike):
 def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors (transposed back) for the given parameters."""
     np_dtype = np.dtype(jax.numpy.dtype(dtype or model.config.param_dtype))
+    flat = _flat(_unwrap(params))
+    lora = sorted("/".join(p) for p in flat if p[-1].startswith("lora_"))
+    if lora:
+        raise ValueError(f"params hold LoRA adapters ({lora[0]}, ...); merge them into the base "
+                         "weights first with jaxreason.train.lora.merge_lora")
     out = {}
-    for path, value in _flat(_unwrap(params)).items():
+    for path, value in flat.items():
         key, transposed = hf_key(path, model.family)
         arr = np.asarray(jax.device_get(value)).astype(np_dtype)
         out[key] = np.ascontiguousarray(arr.T if transposed else arr)

@@ -74,12 +74,50 @@ class LayerNorm(nn.Module):
         return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-def dense(features: int, name: str, axes: tuple[str, str], *, use_bias: bool, dtype,
-          param_dtype, std: float = 0.02) -> nn.Dense:
-    """A linear layer whose kernel is (in, out), named like the HF module it mirrors."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                    kernel_init=logical(nn.initializers.normal(std), axes),
-                    bias_init=logical(nn.initializers.zeros, (axes[1],)))
+class Dense(nn.Module):
+    """A linear layer with an (in, out) kernel, plus an optional LoRA path.
+
+    LoRA is a parameter-tree transform (``jaxreason.train.lora``): when the layer's params
+    hold ``lora_a`` (in, r), ``lora_b`` (r, out) and the scalars ``lora_scale`` and
+    ``lora_dropout``, the output gains ``scale * dropout(x) @ a @ b``. Without those leaves
+    this is a plain dense layer, so base checkpoints need no special casing. Dropout only runs
+    when the caller passes a ``dropout`` rng (training).
+    """
+
+    features: int
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    axes: tuple[str | None, str | None]
+    std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", logical(nn.initializers.normal(self.std), self.axes),
+                            (x.shape[-1], self.features), self.param_dtype)
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", logical(nn.initializers.zeros, (self.axes[1],)),
+                              (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        if self.has_variable("params", "lora_a"):
+            a = self.get_variable("params", "lora_a").astype(self.dtype)
+            b = self.get_variable("params", "lora_b").astype(self.dtype)
+            scale = self.get_variable("params", "lora_scale").astype(self.dtype)
+            h = x
+            if self.has_rng("dropout"):
+                rate = self.get_variable("params", "lora_dropout").astype(jnp.float32)
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+                h = jnp.where(keep, x / (1.0 - rate).astype(self.dtype), 0).astype(self.dtype)
+            y = y + scale * jnp.dot(jnp.dot(h, a), b)
+        return y
+
+
+def dense(features: int, name: str, axes: tuple[str | None, str | None], *, use_bias: bool,
+          dtype, param_dtype, std: float = 0.02) -> Dense:
+    """A linear layer named like the HF module it mirrors."""
+    return Dense(features, use_bias, dtype, param_dtype, axes, std, name=name)
 
 
 # ----------------------------------------------------------------------------- RoPE

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxreason.hooks import hook_names, make_plan, normalize_capture
+from jaxreason.hooks import check_request_positions, hook_names, make_plan, normalize_capture
 from jaxreason.models.config import BaseConfig, GPT2Config, LlamaConfig
 from jaxreason.models.gpt2 import GPT2Module
 from jaxreason.models.layers import KVCache, build_context, finish_cache
@@ -103,7 +103,8 @@ class CausalLM:
     # ------------------------------------------------------------------ forward
 
     def apply(self, params, input_ids, attention_mask=None, *, position_ids=None,
-              capture=None, interventions=None, cache: KVCache | None = None) -> ModelOutput:
+              capture=None, interventions=None, cache: KVCache | None = None,
+              dropout_rng=None) -> ModelOutput:
         """Run the model.
 
         Args:
@@ -116,6 +117,7 @@ class CausalLM:
             to record only those query positions. Static: changing it recompiles.
           interventions: dict name/pattern -> spec from ``jaxreason.hooks``.
           cache: a :class:`KVCache`; the tokens are appended after its filled slots.
+          dropout_rng: a PRNG key that turns on training-time dropout (LoRA dropout).
         Returns:
           :class:`ModelOutput` with ``logits`` (B, T, V), ``captured`` and the new ``cache``.
         """
@@ -126,7 +128,8 @@ class CausalLM:
                                                       position_ids, cache, window)
         if self.family == "gpt2":
             self._check_positions(ctx.positions)
-        logits = self.module.apply({"params": _unwrap(params)}, ctx, input_ids)
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        logits = self.module.apply({"params": _unwrap(params)}, ctx, input_ids, rngs=rngs)
         return ModelOutput(logits=logits, captured=ctx.hooks.captured,
                            cache=finish_cache(ctx, mask, key_valid, key_pos))
 
@@ -144,6 +147,8 @@ class CausalLM:
                   capture=None, interventions=None, cache=None) -> ModelOutput:
         """``apply`` under ``jax.jit``; one compiled program per set of captured names."""
         cap = normalize_capture(capture)
+        check_request_positions(cap, interventions,
+                                input_ids.shape[1] if cache is None else cache.max_len)
         key = tuple(sorted(cap))
         positions = tuple(None if cap[k] is None else jnp.asarray(cap[k]) for k in key)
         return self._jitted(params, input_ids, attention_mask, position_ids, interventions,

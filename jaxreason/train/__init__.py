@@ -1,0 +1,1 @@
+"""Training: configs, the Optax loop, LoRA and new token embeddings, checkpoints."""
