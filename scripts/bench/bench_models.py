@@ -187,7 +187,9 @@ def main():
           f"transformers {transformers.__version__}")
     print(f"fp32; forward batch {args.batch} x {args.seq}; generate batch {args.batch}, "
           f"prompt {args.prompt}, {args.new} new tokens; median of {args.repeats}")
+    load0 = os.getloadavg()[0]
     results = {name: bench_model(name, args, dev) for name in args.models}
+    load1 = os.getloadavg()[0]
 
     head = f"{'model':6s} {'row':9s} {'torch tok/s':>12s} {'jaxreason tok/s':>16s} {'ratio':>7s}"
     print("\n" + head + "\n" + "-" * len(head))
@@ -208,7 +210,7 @@ def main():
                     torch_device=dev, torch_threads=torch.get_num_threads(),
                     transformers=transformers.__version__, batch=args.batch, seq=args.seq,
                     prompt=args.prompt, new_tokens=args.new, repeats=args.repeats,
-                    quick=args.quick)
+                    quick=args.quick, loadavg_start=load0, loadavg_end=load1)
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "models": results}, f, indent=2)
         print(f"wrote {args.out}")

@@ -25,7 +25,7 @@ CAPTURE = ["blocks.*.hook_resid_pre", "blocks.*.hook_resid_post", "blocks.*.attn
 
 
 def run_jax(model, params, ids, mask=None, position_ids=None):
-    out = model.apply(params, ids, mask, position_ids=position_ids, capture=CAPTURE)
+    out = model.jit_apply(params, ids, mask, position_ids=position_ids, capture=CAPTURE)
     return np.asarray(out.logits), {k: np.asarray(v) for k, v in out.captured.items()}
 
 

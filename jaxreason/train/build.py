@@ -1,0 +1,75 @@
+"""Build what a training run starts from: the model, its parameters (with LoRA adapters or
+new token rows when asked) and their logical axes, and the dataset splits."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxreason import tasks
+from jaxreason.models import GPT2Config, LlamaConfig, from_config, load_pretrained
+from jaxreason.models.lm import CausalLM
+from jaxreason.train.config import DataSection, ModelSection, PeftSection
+from jaxreason.train.data import TokenDataset
+
+PRESETS = {
+    "gpt2-tiny": (GPT2Config, GPT2Config.tiny),
+    "gpt2-small": (GPT2Config, GPT2Config.small),
+    "llama-tiny": (LlamaConfig, LlamaConfig.tiny),
+    "gpt2": (GPT2Config, GPT2Config),
+    "llama": (LlamaConfig, LlamaConfig),
+}
+
+
+def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
+    """A fresh model from a preset, or a local HF checkpoint."""
+    dtypes = {"dtype": section.dtype, "param_dtype": section.param_dtype}
+    if section.hf_path is not None:
+        if section.overrides:
+            raise ValueError("model.overrides only apply to presets, not to model.hf_path")
+        return load_pretrained(section.hf_path, **dtypes)
+    if section.preset not in PRESETS:
+        raise ValueError(f"model.preset={section.preset!r} is not one of {sorted(PRESETS)}")
+    _, make = PRESETS[section.preset]
+    try:
+        config = make(**{**section.overrides, **dtypes})
+    except TypeError as e:
+        raise ValueError(f"model.overrides {sorted(section.overrides)}: {e}") from None
+    return from_config(config, seed)
+
+
+def apply_peft(model: CausalLM, params: dict, peft: PeftSection, seed: int):
+    """Add new token rows and LoRA adapters as the mode asks.
+
+    Returns ``(model, params, old_vocab)``; ``old_vocab`` is None unless tokens were added.
+    """
+    from jaxreason.train.lora import add_lora
+    from jaxreason.train.vocab import add_tokens
+
+    old_vocab = None
+    if peft.new_tokens:
+        old_vocab = model.config.vocab_size
+        model, params = add_tokens(model, params, peft.new_tokens, init=peft.new_token_init)
+    if "lora" in peft.mode:
+        params = add_lora(params, model.family, peft.lora_targets or None, rank=peft.lora_rank,
+                          alpha=peft.lora_alpha, dropout=peft.lora_dropout,
+                          rng=jax.random.PRNGKey(seed + 1))
+    return model, params, old_vocab
+
+
+def logical_axes(model: CausalLM, params: dict) -> dict:
+    """Logical axis specs for ``params``, including LoRA leaves when present."""
+    from jaxreason.train.lora import lora_logical_axes, lora_paths
+
+    axes = model.logical_axes()
+    return lora_logical_axes(axes, params) if lora_paths(params) else axes
+
+
+def build_data(section: DataSection, seed: int) -> tuple[TokenDataset, TokenDataset]:
+    """Train and eval splits from a task or an on-disk array directory."""
+    if section.source == "arrays":
+        if not section.path:
+            raise ValueError("data.source=arrays needs data.path (a directory of .npy files)")
+        full = TokenDataset.load(section.path)
+    else:
+        full = tasks.build(section.source, seed=seed, **section.task_args)
+    return full.split(section.eval_fraction, section.shuffle_seed)

@@ -1,0 +1,176 @@
+"""The training job's configuration: typed, frozen sections loaded from YAML.
+
+``python -m jaxreason.train --config configs/X.yaml --optimizer.lr=3e-4`` reads the file,
+applies the dotted overrides and checks everything through ``jaxreason.config_io``; the
+sections below are the schema, and their ``__post_init__`` checks catch impossible
+combinations early (before a model is built or a device touched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxreason.config_io import ConfigError, load_config
+from jaxreason.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Which model to train: a preset built from scratch, or a local HF checkpoint.
+
+    ``preset`` is ``gpt2-tiny``, ``gpt2-small``, ``llama-tiny``, or a family name (``gpt2``,
+    ``llama``) with every size in ``overrides``; ``hf_path`` loads a checkpoint instead.
+    """
+
+    preset: str | None = "gpt2-tiny"
+    hf_path: str | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if (self.preset is None) == (self.hf_path is None):
+            raise ConfigError("model: set exactly one of preset and hf_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Where token data comes from.
+
+    ``source``: ``arrays`` (a directory of ``.npy`` files written by ``jaxreason.train.data``:
+    ``tokens.npy``, ``loss_mask.npy``, ...; memory-mapped, so larger than memory is fine) or a
+    registered synthetic task name (``copy`` is built in; the studies register theirs).
+    """
+
+    source: str = "copy"
+    path: str | None = None
+    task_args: dict = dataclasses.field(default_factory=dict)
+    batch_size: int = 16
+    eval_fraction: float = 0.05
+    eval_batches: int = 4
+    shuffle_seed: int = 0
+    buckets: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ConfigError(f"data.batch_size={self.batch_size} must be positive")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSection:
+    """AdamW with clipping, accumulation and a weight-decay mask.
+
+    ``no_decay``: parameter path patterns excluded from weight decay (norms, biases and
+    embeddings by default, as in most LM recipes).
+    """
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    no_decay: tuple[str, ...] = ("*bias", "*norm*", "*ln_*", "*embedding", "*lora_*")
+    grad_clip: float | None = 1.0
+    accumulate: int = 1
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr={self.lr} must be positive")
+        if self.accumulate < 1:
+            raise ConfigError(f"optimizer.accumulate={self.accumulate} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSection:
+    """Learning-rate schedule: constant or cosine, both after a linear warmup."""
+
+    kind: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.warmup_steps < 0:
+            raise ConfigError(f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSection:
+    """The loop: steps, objective, evaluation cadence, where results go."""
+
+    steps: int = 100
+    objective: Literal["causal_lm", "last_token", "classify"] = "causal_lm"
+    classify_tokens: tuple[int, ...] = ()
+    eval_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    run_dir: str = "runs/default"
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise ConfigError(f"trainer.steps={self.steps} must be positive")
+        if self.objective == "classify" and len(self.classify_tokens) < 2:
+            raise ConfigError("trainer.objective=classify needs at least two "
+                              "trainer.classify_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    """Orbax checkpoints in ``<run_dir>/checkpoints``; ``resume`` continues the latest one."""
+
+    save_every: int = 0
+    keep_last: int = 2
+    best_metric: str | None = None
+    best_mode: Literal["min", "max"] = "min"
+    resume: bool = False
+    export_hf: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftSection:
+    """What trains: everything, LoRA adapters, new token rows, or parameters by pattern."""
+
+    mode: Literal["all", "lora", "new-embeddings", "lora+new-embeddings", "patterns"] = "all"
+    patterns: tuple[str, ...] = ()
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+    new_tokens: int = 0
+    new_token_init: Literal["mean"] = "mean"
+
+    def __post_init__(self):
+        if "new-embeddings" in self.mode and self.new_tokens <= 0:
+            raise ConfigError(f"peft.mode={self.mode} needs peft.new_tokens > 0")
+        if self.mode == "patterns" and not self.patterns:
+            raise ConfigError("peft.mode=patterns needs peft.patterns")
+        if self.lora_rank <= 0:
+            raise ConfigError(f"peft.lora_rank={self.lora_rank} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    schedule: ScheduleSection = ScheduleSection()
+    trainer: TrainerSection = TrainerSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    mesh: MeshConfig = MeshConfig()
+    peft: PeftSection = PeftSection()
+
+    def __post_init__(self):
+        if self.schedule.warmup_steps > self.trainer.steps:
+            raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds "
+                              f"trainer.steps={self.trainer.steps}")
+        if self.checkpoint.best_metric and not self.checkpoint.save_every:
+            raise ConfigError("checkpoint.best_metric needs checkpoint.save_every > 0")
+
+
+def load_train_config(path=None, overrides=()) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)

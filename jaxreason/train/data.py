@@ -1,0 +1,154 @@
+"""Token datasets: arrays in memory or memory-mapped ``.npy`` files, read in deterministic
+batches.
+
+A dataset is a dict of equally long arrays (rows are examples): ``tokens`` (N, T) int, and
+optionally ``attention_mask`` (N, T), ``loss_mask`` (N, T) marking the target tokens that
+count, ``labels`` (N,) and ``predict_at`` (N,) for single-answer objectives. On disk it is a
+directory of ``<name>.npy`` files opened with ``mmap_mode="r"``, so a dataset larger than
+memory trains: only the rows of the current batch are ever read.
+
+Batch ``s`` is a pure function of (seed, step): the row order is a fresh permutation per
+epoch drawn from ``seed + epoch``. That is what makes a resumed run see exactly the batches
+an uninterrupted run would have seen. With several hosts, each reads only its own slice of
+every global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import numpy as np
+
+KNOWN_FIELDS = ("tokens", "attention_mask", "loss_mask", "labels", "predict_at")
+
+
+class TokenDataset:
+    """Rows of token arrays with deterministic, resumable batching."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], name: str = "dataset"):
+        if "tokens" not in arrays:
+            raise ValueError(f"{name}: needs a 'tokens' array; got {sorted(arrays)}")
+        unknown = sorted(set(arrays) - set(KNOWN_FIELDS))
+        if unknown:
+            raise ValueError(f"{name}: unknown arrays {unknown}; allowed: {list(KNOWN_FIELDS)}")
+        n = len(arrays["tokens"])
+        for k, v in arrays.items():
+            if len(v) != n:
+                raise ValueError(f"{name}: array {k!r} has {len(v)} rows but tokens has {n}")
+        if np.asarray(arrays["tokens"]).ndim != 2:
+            raise ValueError(f"{name}: tokens must be (rows, seq), got {arrays['tokens'].shape}")
+        if n == 0:
+            raise ValueError(f"{name}: no rows")
+        self.arrays = dict(arrays)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.arrays["tokens"])
+
+    @property
+    def seq_len(self) -> int:
+        return self.arrays["tokens"].shape[1]
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "TokenDataset":
+        """Memory-map the ``.npy`` files of a directory written by :meth:`save`."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"dataset directory {str(d)!r} does not exist")
+        arrays = {p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
+                  for p in sorted(d.glob("*.npy"))}
+        if not arrays:
+            raise FileNotFoundError(f"{d} holds no .npy arrays")
+        return cls(arrays, name=str(d))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write every array as ``<name>.npy`` into a temp dir, then rename into place."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        for k, v in self.arrays.items():
+            np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            for p in old.iterdir():
+                p.unlink()
+            old.rmdir()
+        else:
+            os.replace(tmp, target)
+        return target
+
+    def subset(self, rows: np.ndarray, name: str) -> "TokenDataset":
+        return TokenDataset({k: v[rows] for k, v in self.arrays.items()}, name)
+
+    def split(self, eval_fraction: float, seed: int) -> tuple["TokenDataset", "TokenDataset"]:
+        """A seeded train/eval split (eval gets at least one row when the fraction is > 0)."""
+        perm = np.random.default_rng(seed).permutation(len(self))
+        n_eval = max(1, int(round(eval_fraction * len(self)))) if eval_fraction > 0 else 0
+        if n_eval >= len(self):
+            raise ValueError(f"{self.name}: eval_fraction={eval_fraction} leaves no training rows")
+        return (self.subset(np.sort(perm[n_eval:]), self.name + "/train"),
+                self.subset(np.sort(perm[:n_eval]), self.name + "/eval"))
+
+    def batch_rows(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """Row indices of global batch ``step``: epochs of per-epoch seeded permutations."""
+        n = len(self)
+        start = step * batch_size
+        rows = []
+        while len(rows) < batch_size:
+            epoch, offset = divmod(start + len(rows), n)
+            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            rows.extend(perm[offset:offset + batch_size - len(rows)].tolist())
+        return np.asarray(rows)
+
+    def batch(self, step: int, batch_size: int, seed: int, buckets=(),
+              process_index: int | None = None, process_count: int | None = None) -> dict:
+        """This host's part of global batch ``step`` as numpy arrays (padded to a bucket)."""
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        if batch_size % process_count:
+            raise ValueError(f"batch_size={batch_size} does not split over {process_count} hosts")
+        rows = self.batch_rows(step, batch_size, seed)
+        per_host = batch_size // process_count
+        mine = np.sort(rows[process_index * per_host:(process_index + 1) * per_host])
+        order = np.argsort(np.argsort(rows[process_index * per_host:(process_index + 1) * per_host]))
+        out = {k: np.asarray(v[mine])[order] for k, v in self.arrays.items()}
+        return pad_to_bucket(finalize(out), buckets)
+
+    def eval_batches(self, batch_size: int, limit: int | None = None):
+        """Fixed, unshuffled batches over the dataset (the last one may be short)."""
+        n = len(self)
+        count = (n + batch_size - 1) // batch_size
+        for i in range(count if limit is None else min(limit, count)):
+            rows = np.arange(i * batch_size, min(n, (i + 1) * batch_size))
+            yield finalize({k: np.asarray(v[rows]) for k, v in self.arrays.items()})
+
+
+def finalize(batch: dict) -> dict:
+    """Fill in default masks: every token real, every target counted."""
+    tokens = batch["tokens"].astype(np.int32)
+    out = dict(batch, tokens=tokens)
+    out.setdefault("attention_mask", np.ones_like(tokens))
+    out.setdefault("loss_mask", out["attention_mask"])
+    out["attention_mask"] = out["attention_mask"].astype(np.int32)
+    out["loss_mask"] = out["loss_mask"].astype(np.float32)
+    return out
+
+
+def pad_to_bucket(batch: dict, buckets) -> dict:
+    """Trim right padding to the smallest bucket that holds every real token.
+
+    Fewer distinct shapes means fewer compilations; buckets must be sorted ascending."""
+    if not buckets:
+        return batch
+    t = batch["tokens"].shape[1]
+    used = int(batch["attention_mask"].any(0).nonzero()[0].max()) + 1 if batch[
+        "attention_mask"].any() else 1
+    size = next((b for b in sorted(buckets) if b >= used), t)
+    size = min(max(size, used), t)
+    return {k: (v[:, :size] if v.ndim == 2 and v.shape[1] == t else v) for k, v in batch.items()}

@@ -1,0 +1,248 @@
+"""The training loop: ``main(config)`` does one whole run.
+
+Flow: build model (+ LoRA / new tokens) -> place parameters on the mesh by their logical
+axes -> optimizer with a trainable mask -> restore the latest checkpoint when resuming ->
+jitted steps over deterministic batches, with evaluation, JSONL metrics, checkpoints and a
+progress bar -> curves PNG and optional HF export.
+
+Everything a run depends on lives in the ``TrainState`` pytree (step, params, optimizer
+state, PRNG key) and batch ``s`` is a function of (seed, s), so a run killed and resumed
+from its last checkpoint produces the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+import yaml
+from flax import struct
+from tqdm.auto import tqdm
+
+from jaxreason import sharding as sh
+from jaxreason.config_io import to_dict
+from jaxreason.train import objectives
+from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
+from jaxreason.train.config import TrainConfig
+from jaxreason.train.optim import build_optimizer
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # (2,) uint32 PRNG key data
+
+
+def make_train_step(model, tx, objective, options: dict, accumulate: int, use_dropout: bool):
+    """One optimizer step, with gradient accumulation over ``accumulate`` micro-batches."""
+
+    def loss_fn(params, batch, rng):
+        return objective(model, params, batch, rng if use_dropout else None, **options)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: dict):
+        rng, sub = jax.random.split(state.rng)
+        if accumulate == 1:
+            (_, metrics), grads = grad_fn(state.params, batch, sub)
+        else:
+            micro = jax.tree_util.tree_map(
+                lambda x: x.reshape((accumulate, x.shape[0] // accumulate) + x.shape[1:]), batch)
+
+            def body(carry, inputs):
+                mb, key = inputs
+                (_, m), g = grad_fn(state.params, mb, key)
+                return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            _, m_shape = jax.eval_shape(loss_fn, state.params,
+                                        jax.tree_util.tree_map(lambda x: x[0], micro), sub)
+            init = (zeros, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape))
+            keys = jax.random.split(sub, accumulate)
+            (grads, metrics), _ = jax.lax.scan(body, init, (micro, keys))
+            grads = jax.tree_util.tree_map(lambda g: g / accumulate, grads)
+            metrics = jax.tree_util.tree_map(lambda m: m / accumulate, metrics)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    return step
+
+
+class MetricsLog:
+    """Append-only JSONL of metrics; on resume, rows past the restored step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None, writer: bool):
+        self.path, self.writer = path, writer
+        if not writer:
+            return
+        rows = self.read(path) if path.exists() else []
+        keep = [r for r in rows if resume_step is not None and r["step"] <= resume_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+    def write(self, row: dict) -> None:
+        if self.writer:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def evaluate(model, params, data, config: TrainConfig, objective, options, mesh, eval_fn) -> dict:
+    """Mean objective metrics over up to ``data.eval_batches`` held-out batches."""
+    size = min(config.data.batch_size, len(data))
+    totals: dict[str, float] = {}
+    n = 0
+    for batch in data.eval_batches(size, config.data.eval_batches):
+        if len(batch["tokens"]) < size:
+            continue
+        arrays = {k: sh.global_batch(v, mesh) for k, v in batch.items()}
+        _, metrics = eval_fn(params, arrays)
+        for k, v in _scalars(metrics).items():
+            totals[k] = totals.get(k, 0.0) + v
+        n += 1
+    return {f"eval_{k}": v / max(n, 1) for k, v in totals.items()}
+
+
+def main(config: TrainConfig) -> dict:
+    """Run one training job; returns the final metrics (and writes them to the run dir)."""
+    from jaxreason.train.checkpoint import Checkpointer
+    from jaxreason.train.masks import trainable_optimizer
+
+    run_dir = Path(config.trainer.run_dir).expanduser().resolve()
+    writer = jax.process_index() == 0
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    seed = config.trainer.seed
+    mesh = sh.make_mesh(config.mesh) if jax.device_count() > 1 else None
+
+    model, params = build_model(config.model, seed)
+    model, params, old_vocab = apply_peft(model, params, config.peft, seed)
+    shardings = None
+    if mesh is not None:
+        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        shardings = sh.param_shardings(logical_axes(model, params), shapes, mesh)
+        params = sh.place(params, shardings)
+
+    base_tx, lr_fn = build_optimizer(config.optimizer, config.schedule, config.trainer.steps, params)
+    tx = trainable_optimizer(base_tx, params, config.peft.mode, config.peft.patterns or None,
+                             old_vocab)
+    with sh.activation_rules(mesh):
+        opt_state = jax.jit(tx.init)(params)
+    state = TrainState(jnp.zeros((), jnp.int32), params, opt_state,
+                       jax.random.key_data(jax.random.PRNGKey(seed)))
+    if mesh is not None:
+        state = state.replace(step=jax.device_put(state.step, sh.replicated(mesh)),
+                              rng=jax.device_put(state.rng, sh.replicated(mesh)))
+
+    ck = config.checkpoint
+    checkpointer = Checkpointer(run_dir / "checkpoints", save_every=ck.save_every or 10**9,
+                                keep_last=ck.keep_last, best_metric=ck.best_metric,
+                                best_mode=ck.best_mode)
+    start = 0
+    if ck.resume and checkpointer.latest_step() is not None:
+        state = checkpointer.restore(None, state)
+        start = int(state.step)
+    log = MetricsLog(run_dir / "metrics.jsonl", start if ck.resume else None, writer)
+
+    train_data, eval_data = build_data(config.data, seed)
+    objective = objectives.get(config.trainer.objective)
+    options = {"classify_tokens": config.trainer.classify_tokens}
+    use_dropout = "lora" in config.peft.mode and config.peft.lora_dropout > 0
+    step_fn = make_train_step(model, tx, objective, options, config.optimizer.accumulate,
+                              use_dropout)
+    with sh.activation_rules(mesh):
+        train_step = jax.jit(step_fn, donate_argnums=0)
+        eval_fn = jax.jit(lambda p, b: objective(model, p, b, None, **options))
+
+    cfg_dict = to_dict(config)
+    last: dict = {}
+    bar = tqdm(total=config.trainer.steps, initial=start, desc="training",
+               disable=not (config.trainer.progress and writer))
+    tokens_seen, t0 = 0, time.perf_counter()
+    for step in range(start, config.trainer.steps):
+        batch = train_data.batch(step, config.data.batch_size, config.data.shuffle_seed,
+                                 config.data.buckets)
+        arrays = {k: sh.global_batch(v, mesh) for k, v in batch.items()}
+        with sh.activation_rules(mesh):
+            state, metrics = train_step(state, arrays)
+        done = step + 1
+        if done == start + 1:  # time from the end of the first (compiling) step
+            jax.block_until_ready(state.step)
+            tokens_seen, t0 = 0, time.perf_counter()
+        else:
+            tokens_seen += int(batch["attention_mask"].sum()) * jax.process_count()
+        want_log = done % config.trainer.log_every == 0 or done == config.trainer.steps
+        want_eval = done % config.trainer.eval_every == 0 or done == config.trainer.steps
+        want_save = bool(ck.save_every) and (done % ck.save_every == 0
+                                             or done == config.trainer.steps)
+        if want_log or want_eval or want_save or done == start + 1:
+            row = _scalars(metrics)
+            if not all(math.isfinite(v) for v in row.values()):
+                bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+                kept = checkpointer.latest_step()
+                raise TrainingDiverged(
+                    f"non-finite metrics {bad} at step {done}; stopped without saving. Last good "
+                    f"checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in "
+                    f"{run_dir / 'checkpoints'}")
+            elapsed = time.perf_counter() - t0
+            row.update(step=done, split="train", lr=float(lr_fn(step)),
+                       tokens_per_s=tokens_seen / max(elapsed, 1e-9))
+            if want_eval:
+                row.update(evaluate(model, state.params, eval_data, config, objective,
+                                    options, mesh, eval_fn))
+            last = row
+            log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if want_save:
+                checkpointer.save(done, state, config=cfg_dict, metrics=row, force=True)
+        bar.update(1)
+    bar.close()
+    checkpointer.wait()
+    result = dict(last, run_dir=str(run_dir), final_step=int(state.step))
+    if writer:
+        (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
+        if config.trainer.plot and (run_dir / "metrics.jsonl").exists():
+            from jaxreason.train.plots import plot_curves
+
+            plot_curves(MetricsLog.read(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+    if ck.export_hf:
+        export_hf(model, state.params, run_dir / "hf")
+    checkpointer.close()
+    return result
+
+
+def export_hf(model, params, path) -> Path:
+    """Merge LoRA adapters (if any) and write a HuggingFace directory."""
+    from jaxreason.models import save_pretrained
+    from jaxreason.train.lora import lora_paths, merge_lora
+
+    params = jax.device_get(params)
+    if lora_paths(params):
+        params = merge_lora(params)
+    return save_pretrained(model, params, path) if jax.process_index() == 0 else Path(path)
+
+
+def losses(run_dir: str | Path) -> list[float]:
+    """Training losses by logged step (used by the resume tests)."""
+    return [r["loss"] for r in MetricsLog.read(Path(run_dir) / "metrics.jsonl")]

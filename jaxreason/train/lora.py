@@ -1,0 +1,196 @@
+"""LoRA as a parameter-tree transform: add adapters, merge them back, shard them.
+
+jaxreason's ``Dense`` layer (``models/layers.py``) grows a low-rank path whenever its param
+dict holds ``lora_a`` (in, r), ``lora_b`` (r, out), ``lora_scale`` and ``lora_dropout``::
+
+    y = x @ kernel (+ bias) + lora_scale * dropout(x) @ lora_a @ lora_b
+
+so LoRA needs no separate model class: :func:`add_lora` returns a new param tree with those
+leaves next to the targeted kernels, the same ``CausalLM`` runs it, and :func:`merge_lora`
+folds the adapters into the kernels so the result is a plain checkpoint again (ready for
+``jaxreason.models.save_pretrained``, which refuses unmerged adapters).
+
+Which leaves train is decided by ``jaxreason.train.masks`` (mode ``"lora"``); the two scalars
+live in the param tree only so that the forward pass can read them, and are never trained.
+
+Design choices:
+
+* ``lora_b`` starts at zero, so right after :func:`add_lora` the model computes exactly what
+  the base model computes (bit for bit), and training starts from the pretrained function.
+* ``lora_a`` uses PEFT's default, ``kaiming_uniform(a=sqrt(5))`` on an (r, in) matrix, i.e.
+  U(-1/sqrt(in), 1/sqrt(in)), so runs are comparable with HF PEFT recipes.
+* Adapters are stored in float32 whatever the kernel dtype: they are tiny, and bfloat16
+  adapters lose most of a small learning-rate update. ``Dense`` casts them to the compute
+  dtype; :func:`merge_lora` adds in float32 and casts back to the kernel's dtype.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+# Dense layers LoRA may target, per family. GPT-2's ``c_proj`` is both ``attn.c_proj`` and
+# ``mlp.c_proj``; a target with a dot (or a wildcard) is a pattern on the module path.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout")
+# The LoRA leaves an optimizer updates; the scalars are configuration, not weights.
+LORA_TRAINABLE = ("lora_a", "lora_b")
+
+
+def _family(family_or_model: Any) -> str:
+    family = getattr(family_or_model, "family", family_or_model)
+    if family not in LORA_TARGETS:
+        raise ValueError(f"family={family!r} is not supported; allowed: {sorted(LORA_TARGETS)}")
+    return family
+
+
+def _dense_modules(tree: dict, prefix: tuple = ()) -> Iterable[tuple[tuple[str, ...], dict]]:
+    """(path, node) of every dict that directly holds a ``kernel`` leaf, in sorted order."""
+    for key in sorted(tree):
+        value = tree[key]
+        if isinstance(value, dict):
+            if "kernel" in value and not isinstance(value["kernel"], dict):
+                yield prefix + (key,), value
+            yield from _dense_modules(value, prefix + (key,))
+
+
+def _matches(target: str, dotted: str) -> bool:
+    if "." not in target and not any(c in target for c in "*?["):
+        return dotted.rsplit(".", 1)[-1] == target  # a bare module name
+    return fnmatch.fnmatchcase(dotted, target) or fnmatch.fnmatchcase(dotted, "*." + target)
+
+
+def select_targets(params: dict, family: Any, targets: Iterable[str] | str | None = None
+                   ) -> list[tuple[str, ...]]:
+    """Paths of the dense modules that ``targets`` pick (default: every LoRA-able module).
+
+    A target is a module name from :data:`LORA_TARGETS` (``"c_proj"``: every such module) or
+    a pattern on the ``.``- or ``/``-joined module path (``"attn.c_proj"``,
+    ``"h_0.mlp.*"``). Only modules named in :data:`LORA_TARGETS` are candidates, so the LM
+    head and embeddings can never be picked. A target matching nothing is a ValueError.
+    """
+    family = _family(family)
+    names = LORA_TARGETS[family]
+    candidates = [p for p, _ in _dense_modules(params) if p[-1] in names]
+    if targets is None:
+        targets = names
+    elif isinstance(targets, str):
+        targets = (targets,)
+    allowed = list(names) + sorted({".".join(p[-2:]) for p in candidates})
+    chosen: set[tuple[str, ...]] = set()
+    for target in targets:
+        pattern = str(target).replace("/", ".")
+        hits = [p for p in candidates if _matches(pattern, ".".join(p))]
+        if not hits:
+            close = difflib.get_close_matches(pattern, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"LoRA target {target!r} matches no {family} module{hint}; allowed: "
+                             f"{allowed} or patterns over paths like "
+                             f"{'.'.join(candidates[0]) if candidates else '...'!r}")
+        chosen.update(hits)
+    return sorted(chosen)
+
+
+def _copy(tree):
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def _node(tree: dict, path: tuple[str, ...]) -> dict:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = None,
+             rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, rng=None) -> dict:
+    """A new param tree with LoRA adapters next to each targeted kernel.
+
+    Args:
+      params: the base parameter tree (not modified).
+      family: ``"gpt2"``, ``"llama"`` or a ``CausalLM``.
+      targets: module names / path patterns (see :func:`select_targets`); None = all.
+      rank: adapter rank r.
+      alpha: LoRA alpha; the adapter output is scaled by ``alpha / rank``.
+      dropout: dropout rate on the adapter input, active only with ``dropout_rng``.
+      rng: PRNG key for ``lora_a`` (default ``PRNGKey(0)``).
+    """
+    if not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if any(k in node for _, node in _dense_modules(params) for k in LORA_LEAVES):
+        raise ValueError("params already hold LoRA adapters; merge_lora them first")
+    paths = select_targets(params, family, targets)
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    out = _copy(params)
+    for i, path in enumerate(paths):
+        node = _node(out, path)
+        d_in, d_out = node["kernel"].shape
+        bound = 1.0 / d_in ** 0.5
+        node["lora_a"] = jax.random.uniform(jax.random.fold_in(rng, i), (d_in, rank),
+                                            jnp.float32, -bound, bound)
+        node["lora_b"] = jnp.zeros((rank, d_out), jnp.float32)
+        node["lora_scale"] = jnp.asarray(alpha / rank, jnp.float32)
+        node["lora_dropout"] = jnp.asarray(dropout, jnp.float32)
+    return out
+
+
+def lora_paths(params: dict) -> list[tuple[str, ...]]:
+    """Paths of the modules that carry adapters."""
+    return [p for p, node in _dense_modules(params) if "lora_a" in node]
+
+
+def merge_lora(params: dict) -> dict:
+    """Fold adapters into their kernels: ``kernel += scale * a @ b``; drop the LoRA leaves.
+
+    The product and sum run in float32 at full matmul precision and are cast back to the
+    kernel's dtype, so the merged model matches the adapted one up to that cast. A tree
+    without adapters comes back unchanged (as a copy).
+    """
+    out = _copy(params)
+    for path, node in list(_dense_modules(out)):
+        present = [k for k in LORA_LEAVES if k in node]
+        if not present:
+            continue
+        if len(present) != len(LORA_LEAVES):
+            missing = sorted(set(LORA_LEAVES) - set(present))
+            raise ValueError(f"module {'/'.join(path)} has incomplete LoRA leaves; missing {missing}")
+        kernel = node["kernel"]
+        delta = jnp.dot(node["lora_a"].astype(jnp.float32), node["lora_b"].astype(jnp.float32),
+                        precision=jax.lax.Precision.HIGHEST)
+        scale = jnp.asarray(node["lora_scale"], jnp.float32)
+        node["kernel"] = (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
+        for k in LORA_LEAVES:
+            del node[k]
+    return out
+
+
+def lora_logical_axes(logical_axes_tree: dict, lora_params: dict) -> dict:
+    """Logical-axis specs for a LoRA param tree, from the base model's ``logical_axes()``.
+
+    ``lora_a`` (in, r) shards its input axis like the kernel's first axis, ``lora_b`` (r, out)
+    its output axis like the kernel's second; the rank axis and the scalars are replicated.
+    """
+    out = {}
+    for key, value in lora_params.items():
+        if isinstance(value, dict):
+            if key not in logical_axes_tree:
+                raise KeyError(f"logical axes lack module {key!r}; were they built for another model?")
+            out[key] = lora_logical_axes(logical_axes_tree[key], value)
+        elif key in logical_axes_tree:
+            out[key] = logical_axes_tree[key]
+        elif key in LORA_LEAVES:
+            kernel = tuple(logical_axes_tree.get("kernel", PartitionSpec())) + (None, None)
+            out[key] = {"lora_a": PartitionSpec(kernel[0], None),
+                        "lora_b": PartitionSpec(None, kernel[1])}.get(key, PartitionSpec())
+        else:
+            raise KeyError(f"logical axes lack leaf {key!r}")
+    return out
