@@ -208,7 +208,15 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     out_captured = {}
     for name, parts in pieces.items():
         axis = position_axis(name)
-        out_captured[name] = jnp.concatenate(parts, axis=axis)
+        value = jnp.concatenate(parts, axis=axis)
+        # stopped early: zero-fill the slots never decoded (pad after every row's EOS) so the
+        # captures stay aligned with `tokens` slot for slot
+        missing = t + max_new_tokens - value.shape[axis]
+        if missing > 0:
+            widths = [(0, 0)] * value.ndim
+            widths[axis] = (0, missing)
+            value = jnp.pad(value, widths)
+        out_captured[name] = value
     return GenerateOutput(tokens=jnp.concatenate([jnp.asarray(ids), generated], axis=1),
                           prompt_mask=jnp.asarray(mask), generated=generated,
                           num_generated=n_gen, captured=out_captured, capture_start=start)

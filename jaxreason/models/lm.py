@@ -84,8 +84,10 @@ class CausalLM:
         return self.module.init(rng, ctx, ids)
 
     def init(self, rng) -> dict:
-        """Fresh random parameters (the bare tree, logical-axis boxes removed)."""
-        return nn.meta.unbox(self._abstract_call(rng))["params"]
+        """Fresh random parameters (the bare tree, logical-axis boxes removed).
+
+        Jitted: drawing every tensor eagerly costs one dispatch per op, seconds on a CPU."""
+        return _jitted_init(self, rng)
 
     def logical_axes(self) -> dict:
         """A tree like the params whose leaves are ``PartitionSpec`` of logical axis names."""
@@ -133,16 +135,6 @@ class CausalLM:
         return ModelOutput(logits=logits, captured=ctx.hooks.captured,
                            cache=finish_cache(ctx, mask, key_valid, key_pos))
 
-    @functools.cached_property
-    def _jitted(self):
-        @functools.partial(jax.jit, static_argnames=("capture_key",))
-        def run(params, input_ids, attention_mask, position_ids, interventions, cache,
-                capture_key, capture_positions):
-            capture = dict(zip(capture_key, capture_positions)) if capture_key else None
-            return self.apply(params, input_ids, attention_mask, position_ids=position_ids,
-                              capture=capture, interventions=interventions, cache=cache)
-        return run
-
     def jit_apply(self, params, input_ids, attention_mask=None, *, position_ids=None,
                   capture=None, interventions=None, cache=None) -> ModelOutput:
         """``apply`` under ``jax.jit``; one compiled program per set of captured names."""
@@ -151,8 +143,8 @@ class CausalLM:
                                 input_ids.shape[1] if cache is None else cache.max_len)
         key = tuple(sorted(cap))
         positions = tuple(None if cap[k] is None else jnp.asarray(cap[k]) for k in key)
-        return self._jitted(params, input_ids, attention_mask, position_ids, interventions,
-                            cache, capture_key=key, capture_positions=positions)
+        return _jitted_apply(self, params, input_ids, attention_mask, position_ids,
+                             interventions, cache, capture_key=key, capture_positions=positions)
 
     # ------------------------------------------------------------------ checks
 
@@ -183,6 +175,20 @@ class CausalLM:
             if top >= self.config.max_position_embeddings:
                 raise ValueError(f"position {top} exceeds GPT-2's learned positions "
                                  f"0..{self.config.max_position_embeddings - 1}")
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _jitted_init(model: CausalLM, rng):
+    return nn.meta.unbox(model._abstract_call(rng))["params"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capture_key"))
+def _jitted_apply(model: CausalLM, params, input_ids, attention_mask, position_ids, interventions,
+                  cache, capture_key, capture_positions):
+    """One compiled program per (equal) model and capture request, shared across instances."""
+    capture = dict(zip(capture_key, capture_positions)) if capture_key else None
+    return model.apply(params, input_ids, attention_mask, position_ids=position_ids,
+                       capture=capture, interventions=interventions, cache=cache)
 
 
 def from_config(config: BaseConfig, seed: int = 0) -> tuple[CausalLM, dict]:

@@ -84,6 +84,9 @@ def select_targets(params: dict, family: Any, targets: Iterable[str] | str | Non
         targets = names
     elif isinstance(targets, str):
         targets = (targets,)
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError(f"targets is empty; pass None for every {family} module {list(names)}")
     allowed = list(names) + sorted({".".join(p[-2:]) for p in candidates})
     chosen: set[tuple[str, ...]] = set()
     for target in targets:
@@ -162,7 +165,8 @@ def merge_lora(params: dict) -> dict:
             continue
         if len(present) != len(LORA_LEAVES):
             missing = sorted(set(LORA_LEAVES) - set(present))
-            raise ValueError(f"module {'/'.join(path)} has incomplete LoRA leaves; missing {missing}")
+            raise ValueError(f"module {'/'.join(path)} has incomplete LoRA leaves; "
+                             f"missing {missing}")
         kernel = node["kernel"]
         delta = jnp.dot(node["lora_a"].astype(jnp.float32), node["lora_b"].astype(jnp.float32),
                         precision=jax.lax.Precision.HIGHEST)
@@ -183,7 +187,8 @@ def lora_logical_axes(logical_axes_tree: dict, lora_params: dict) -> dict:
     for key, value in lora_params.items():
         if isinstance(value, dict):
             if key not in logical_axes_tree:
-                raise KeyError(f"logical axes lack module {key!r}; were they built for another model?")
+                raise KeyError(f"logical axes lack module {key!r}; were they built for "
+                               "another model?")
             out[key] = lora_logical_axes(logical_axes_tree[key], value)
         elif key in logical_axes_tree:
             out[key] = logical_axes_tree[key]
