@@ -246,7 +246,9 @@ class LlamaConfig(BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kv_heads is not None and (self.kv_heads <= 0 or self.num_heads % self.kv_heads):
+        if self.kv_heads is None:  # one spelling per model, so equal models compare equal
+            object.__setattr__(self, "kv_heads", self.num_heads)
+        if self.kv_heads <= 0 or self.num_heads % self.kv_heads:
             raise ValueError(f"kv_heads={self.kv_heads} must be positive and divide "
                              f"num_heads={self.num_heads}")
         if self.head_dim_override is None and self.hidden_size % self.num_heads:

@@ -109,7 +109,10 @@ def _scalars(metrics: dict) -> dict:
 
 def evaluate(model, params, data, config: TrainConfig, objective, options, mesh, eval_fn) -> dict:
     """Mean objective metrics over up to ``data.eval_batches`` held-out batches."""
-    size = min(config.data.batch_size, len(data))
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    size = min(config.data.batch_size, len(data)) // shards * shards  # rows split evenly
+    if size == 0:
+        return {}
     totals: dict[str, float] = {}
     n = 0
     for batch in data.eval_batches(size, config.data.eval_batches):
@@ -237,6 +240,9 @@ def export_hf(model, params, path) -> Path:
     from jaxreason.models import save_pretrained
     from jaxreason.train.lora import lora_paths, merge_lora
 
+    if jax.process_count() > 1:  # params may span other hosts' devices (FSDP/tensor)
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
     if lora_paths(params):
         params = merge_lora(params)
