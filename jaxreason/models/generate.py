@@ -113,6 +113,17 @@ def _step(model: CausalLM, params, cache, token, live, interventions, key, eos_i
     return nxt, out.cache, out.captured
 
 
+def _shard_rows(tree, batch: int, mesh):
+    """Split every array whose leading axis is the batch over (data, fsdp); replicate the rest."""
+    from jaxreason.sharding import batch_sharding, replicated
+
+    def put(x):
+        if getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch:
+            return jax.device_put(x, batch_sharding(mesh, x.ndim))
+        return jax.device_put(x, replicated(mesh))
+    return jax.tree_util.tree_map(put, tree)
+
+
 def prefill_prefix(model: CausalLM, params, prefix_ids: Sequence[int] | jax.Array, *,
                    interventions=None) -> KVCache:
     """Run a prompt prefix shared by a whole batch once; pass the result as ``prefix=``."""
@@ -126,7 +137,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, capture=None,
              interventions=None, intervene_on: str = "prefill", prefix: KVCache | None = None,
-             progress: bool = False) -> GenerateOutput:
+             progress: bool = False, mesh=None) -> GenerateOutput:
     """Decode up to ``max_new_tokens`` per row with a KV cache.
 
     Args:
@@ -140,6 +151,9 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         ``intervene_on="all"``.
       prefix: a batch-1 cache from :func:`prefill_prefix` that every row continues from.
       progress: show a progress bar over decoding steps.
+      mesh: a ``jax.sharding.Mesh``; rows (prompts, cache, captures) are split over its
+        ``data``/``fsdp`` axes for data-parallel decoding. Place ``params`` with
+        ``jaxreason.sharding.model_shardings`` first. The batch must divide those axes.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -168,10 +182,12 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         cache = extend_cache(prefix.broadcast(b) if prefix.batch == 1 else prefix, total)
     eos = jnp.asarray(np.atleast_1d(-1 if eos_token_id is None else eos_token_id), jnp.int32)
     step_edits = interventions if intervene_on == "all" else None
+    ids_in, mask_in = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    if mesh is not None:
+        ids_in, mask_in, cache = _shard_rows((ids_in, mask_in, cache), b, mesh)
 
-    last_logits, cache, captured = _prefill(model, params, cache, jnp.asarray(ids, jnp.int32),
-                                            jnp.asarray(mask, jnp.int32), interventions,
-                                            capture_key)
+    last_logits, cache, captured = _prefill(model, params, cache, ids_in, mask_in,
+                                            interventions, capture_key)
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
     token = _sample(last_logits, sub, temperature, top_p)

@@ -64,8 +64,9 @@ def logical_axes(model: CausalLM, params: dict) -> dict:
     return lora_logical_axes(axes, params) if lora_paths(params) else axes
 
 
-def build_data(section: DataSection, seed: int) -> tuple[TokenDataset, TokenDataset]:
-    """Train and eval splits from a task or an on-disk array directory."""
+def build_data(section: DataSection, seed: int) -> tuple[TokenDataset, TokenDataset | None]:
+    """Train and eval splits from a task or an on-disk array directory (eval is None when
+    ``data.eval_fraction`` is 0)."""
     if section.source == "arrays":
         if not section.path:
             raise ValueError("data.source=arrays needs data.path (a directory of .npy files)")

@@ -168,6 +168,9 @@ class TrainConfig:
         if self.schedule.warmup_steps > self.trainer.steps:
             raise ConfigError(f"schedule.warmup_steps={self.schedule.warmup_steps} exceeds "
                               f"trainer.steps={self.trainer.steps}")
+        if self.data.batch_size % self.optimizer.accumulate:
+            raise ConfigError(f"optimizer.accumulate={self.optimizer.accumulate} must divide "
+                              f"data.batch_size={self.data.batch_size}")
         if self.checkpoint.best_metric and not self.checkpoint.save_every:
             raise ConfigError("checkpoint.best_metric needs checkpoint.save_every > 0")
 

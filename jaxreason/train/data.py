@@ -86,12 +86,15 @@ class TokenDataset:
     def subset(self, rows: np.ndarray, name: str) -> "TokenDataset":
         return TokenDataset({k: v[rows] for k, v in self.arrays.items()}, name)
 
-    def split(self, eval_fraction: float, seed: int) -> tuple["TokenDataset", "TokenDataset"]:
-        """A seeded train/eval split (eval gets at least one row when the fraction is > 0)."""
+    def split(self, eval_fraction: float, seed: int) -> tuple["TokenDataset", "TokenDataset | None"]:
+        """A seeded train/eval split; eval gets at least one row when the fraction is > 0 and
+        is None when it is 0."""
         perm = np.random.default_rng(seed).permutation(len(self))
         n_eval = max(1, int(round(eval_fraction * len(self)))) if eval_fraction > 0 else 0
         if n_eval >= len(self):
             raise ValueError(f"{self.name}: eval_fraction={eval_fraction} leaves no training rows")
+        if n_eval == 0:
+            return self, None
         return (self.subset(np.sort(perm[n_eval:]), self.name + "/train"),
                 self.subset(np.sort(perm[:n_eval]), self.name + "/eval"))
 

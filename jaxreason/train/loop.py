@@ -168,6 +168,10 @@ def main(config: TrainConfig) -> dict:
         start = int(state.step)
     log = MetricsLog(run_dir / "metrics.jsonl", start if ck.resume else None, writer)
 
+    final_path = run_dir / "final_metrics.json"
+    if start >= config.trainer.steps and final_path.exists():  # resuming a finished run
+        checkpointer.close()
+        return json.loads(final_path.read_text())
     train_data, eval_data = build_data(config.data, seed)
     objective = objectives.get(config.trainer.objective)
     options = {"classify_tokens": config.trainer.classify_tokens}
@@ -204,6 +208,8 @@ def main(config: TrainConfig) -> dict:
             if not all(math.isfinite(v) for v in row.values()):
                 bad = {k: v for k, v in row.items() if not math.isfinite(v)}
                 kept = checkpointer.latest_step()
+                bar.close()
+                checkpointer.close()
                 raise TrainingDiverged(
                     f"non-finite metrics {bad} at step {done}; stopped without saving. Last good "
                     f"checkpoint: {'step ' + str(kept) if kept is not None else 'none'} in "
@@ -211,7 +217,7 @@ def main(config: TrainConfig) -> dict:
             elapsed = time.perf_counter() - t0
             row.update(step=done, split="train", lr=float(lr_fn(step)),
                        tokens_per_s=tokens_seen / max(elapsed, 1e-9))
-            if want_eval:
+            if want_eval and eval_data is not None:
                 row.update(evaluate(model, state.params, eval_data, config, objective,
                                     options, mesh, eval_fn))
             last = row
@@ -224,7 +230,7 @@ def main(config: TrainConfig) -> dict:
     checkpointer.wait()
     result = dict(last, run_dir=str(run_dir), final_step=int(state.step))
     if writer:
-        (run_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
+        final_path.write_text(json.dumps(result, indent=2))
         if config.trainer.plot and (run_dir / "metrics.jsonl").exists():
             from jaxreason.train.plots import plot_curves
 
