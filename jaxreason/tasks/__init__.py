@@ -18,7 +18,7 @@ def register(name: str):
 
 def build(name: str, seed: int, **args):
     """The dataset of task ``name``; an unknown name lists the registered ones."""
-    from jaxreason.tasks import copy  # noqa: F401  (registers the built-in tasks)
+    import jaxreason.tasks.all  # noqa: F401  (every task module registers itself)
 
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)} "

@@ -126,27 +126,17 @@ def evaluate(model, params, data, config: TrainConfig, objective, options, mesh,
     return {f"eval_{k}": v / max(n, 1) for k, v in totals.items()}
 
 
-def main(config: TrainConfig) -> dict:
-    """Run one training job; returns the final metrics (and writes them to the run dir)."""
-    from jaxreason.train.checkpoint import Checkpointer
+def initial_state(config: TrainConfig):
+    """Model, step-0 ``TrainState`` (placed on the mesh), optimizer, lr schedule and mesh."""
     from jaxreason.train.masks import trainable_optimizer
 
-    run_dir = Path(config.trainer.run_dir).expanduser().resolve()
-    writer = jax.process_index() == 0
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     seed = config.trainer.seed
     mesh = sh.make_mesh(config.mesh) if jax.device_count() > 1 else None
-
     model, params = build_model(config.model, seed)
     model, params, old_vocab = apply_peft(model, params, config.peft, seed)
-    shardings = None
     if mesh is not None:
         shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        shardings = sh.param_shardings(logical_axes(model, params), shapes, mesh)
-        params = sh.place(params, shardings)
-
+        params = sh.place(params, sh.param_shardings(logical_axes(model, params), shapes, mesh))
     base_tx, lr_fn = build_optimizer(config.optimizer, config.schedule, config.trainer.steps, params)
     tx = trainable_optimizer(base_tx, params, config.peft.mode, config.peft.patterns or None,
                              old_vocab)
@@ -157,6 +147,41 @@ def main(config: TrainConfig) -> dict:
     if mesh is not None:
         state = state.replace(step=jax.device_put(state.step, sh.replicated(mesh)),
                               rng=jax.device_put(state.rng, sh.replicated(mesh)))
+    return model, state, tx, lr_fn, mesh
+
+
+def load_trained(config: TrainConfig, best: bool = True):
+    """The trained ``(model, params)`` of a finished run: the best checkpoint by
+    ``checkpoint.best_metric`` when there is one (and ``best``), else the latest."""
+    from jaxreason.train.checkpoint import Checkpointer
+
+    model, state, *_ = initial_state(config)
+    ck = config.checkpoint
+    directory = Path(config.trainer.run_dir).expanduser().resolve() / "checkpoints"
+    checkpointer = Checkpointer(directory, save_every=ck.save_every or 10**9,
+                                keep_last=ck.keep_last, best_metric=ck.best_metric,
+                                best_mode=ck.best_mode)
+    step = checkpointer.best_step() if best and ck.best_metric else None
+    if step is None and checkpointer.latest_step() is None:
+        checkpointer.close()
+        raise FileNotFoundError(f"no checkpoint in {directory}; train first (and set "
+                                "checkpoint.save_every)")
+    state = checkpointer.restore(step, state)
+    checkpointer.close()
+    return model, state.params
+
+
+def main(config: TrainConfig) -> dict:
+    """Run one training job; returns the final metrics (and writes them to the run dir)."""
+    from jaxreason.train.checkpoint import Checkpointer
+
+    run_dir = Path(config.trainer.run_dir).expanduser().resolve()
+    writer = jax.process_index() == 0
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    seed = config.trainer.seed
+    model, state, tx, lr_fn, mesh = initial_state(config)
 
     ck = config.checkpoint
     checkpointer = Checkpointer(run_dir / "checkpoints", save_every=ck.save_every or 10**9,

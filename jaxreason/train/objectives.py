@@ -29,6 +29,8 @@ def register(name: str):
 
 def get(name: str) -> Objective:
     if name not in OBJECTIVES:
+        import jaxreason.tasks.all  # noqa: F401  (tasks register their own objectives)
+    if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
 

@@ -1,0 +1,1 @@
+"""Reproduced studies, each built only from the core, training and probe pieces."""

@@ -1,0 +1,230 @@
+"""MechanisticProbe (Hou et al., 2023) on the k-th smallest task with GPT-2, end to end.
+
+The study wires shared pieces together and reimplements none of them: ``jaxreason.train``
+trains (or fine-tunes) the model, ``jaxreason.tasks.kth_smallest`` rebuilds the lists and
+the duplicate-aware labels, ``jaxreason.probe.features`` exports last-query attention from
+jitted ``attn.hook_pattern`` captures, ``jaxreason.probe.knn`` runs the scikit-learn probes,
+``jaxreason.probe.entropy`` and the core's ``HeadMask`` intervention do the causal analysis.
+
+Modes (every number in the report names the one that produced it):
+
+* ``faithful``: the original's quirks: the kNN row split at N/2 rows (bug f), the P2 label
+  with a constant column (g), the random baseline with dropout active (train mode), masking
+  p+1 heads (o), duplicate positions repeated in the size-rank view (p), the original's
+  probe sample drawn with Python's ``random`` after data generation.
+* ``fixed``: examples split by example, a single binary P2 label, a dropout-free baseline,
+  exactly p heads masked, duplicates given distinct ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxreason.models import from_config
+from jaxreason.probe import entropy as ent
+from jaxreason.probe import knn, plots
+from jaxreason.probe.features import HF_TRAIN_DROPOUT_SITES, gpt2_probe_features, last_query_attention
+from jaxreason.tasks import kth_smallest as kth
+from jaxreason.train.config import TrainConfig
+from jaxreason.train.loop import load_trained, main as train_main
+
+
+@dataclasses.dataclass(frozen=True)
+class MechProbeConfig:
+    """The study's own settings; ``train`` is a full training config (or ``skip_training``
+    to probe a run that already finished in ``train.trainer.run_dir``)."""
+
+    mode: Literal["faithful", "fixed"] = "fixed"
+    train: TrainConfig = TrainConfig()
+    skip_training: bool = False
+    run_dir: str = "runs/mechprobe_kth"
+    probe_examples: int = 1024
+    eval_examples: int = 2000
+    batch_size: int = 256
+    masking_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    random_seed: int = 1234
+    seed: int = 42
+
+
+def _task_args(config: MechProbeConfig) -> dict:
+    args = dict(config.train.data.task_args)
+    args.pop("split", None)
+    args.pop("data_seed", None)
+    return args
+
+
+def accuracy(model, params, tokens, labels, batch_size: int, interventions=None) -> float:
+    """Argmax over the whole vocabulary at the last position vs the answer token."""
+    @jax.jit
+    def predict(p, ids, edits):
+        return jnp.argmax(model.apply(p, ids, interventions=edits).logits[:, -1], -1)
+
+    hits = 0
+    for i in range(0, len(tokens), batch_size):
+        ids = jnp.asarray(tokens[i:i + batch_size])
+        hits += int((np.asarray(predict(params, ids, interventions)) == labels[i:i + batch_size]).sum())
+    return hits / len(tokens)
+
+
+def probe_scores(attn_trained, attn_random, p1, answer, faithful: bool, seed: int) -> dict:
+    """P1/P2 F1 for the trained and random models, the probing scores, and layer-wise F1."""
+    out = {}
+    feats = {"trained": gpt2_probe_features(attn_trained), "random": gpt2_probe_features(attn_random)}
+    n = len(p1)
+    for name, f in feats.items():
+        X1, y1, ex1 = knn.p1_rows(f, p1)
+        X2, y2, ex2 = knn.p2_rows(f, p1, answer, faithful=faithful)
+        if faithful:
+            out[f"f1_p1_{name}"] = knn.knn_f1_two_fold_rows(X1, y1, n)
+            out[f"f1_p2_{name}"] = knn.knn_f1_two_fold_rows(X2, y2, n)
+        else:
+            out[f"f1_p1_{name}"] = knn.knn_f1_by_example(X1, y1, ex1, seed=seed)
+            out[f"f1_p2_{name}"] = knn.knn_f1_by_example(X2, y2, ex2, seed=seed)
+    out["S_P1"] = float(knn.probing_score(out["f1_p1_trained"], out["f1_p1_random"]))
+    out["S_P2"] = float(knn.probing_score(out["f1_p2_trained"], out["f1_p2_random"]))
+    X1, y1, ex1 = knn.p1_rows(feats["trained"], p1)
+    X2, y2, ex2 = knn.p2_rows(feats["trained"], p1, answer, faithful=faithful)
+    if faithful:
+        s1 = lambda X, y: knn.knn_f1_two_fold_rows(X, y, n)  # noqa: E731
+        s2 = s1
+    else:
+        s1 = lambda X, y: knn.knn_f1_by_example(X, y, ex1, seed=seed)  # noqa: E731
+        s2 = lambda X, y: knn.knn_f1_by_example(X, y, ex2, seed=seed)  # noqa: E731
+    out["layerwise_f1_p1"] = [float(v) for v in knn.layerwise_scores(X1, y1, s1)]
+    out["layerwise_f1_p2"] = [float(v) for v in knn.layerwise_scores(X2, y2, s2)]
+    return out
+
+
+def masking_curves(model, params, tokens, labels, h_pos, h_size, config, faithful) -> dict:
+    """Accuracy after masking a growing fraction of heads, by three policies."""
+    rng = np.random.default_rng(config.seed)
+    base = accuracy(model, params, tokens, labels, config.batch_size)
+    shape = h_pos.shape
+    curves = {"random": [base], "low position entropy": [base], "low size entropy": [base]}
+    for frac in tqdm(config.masking_fractions, desc="head masking", leave=False):
+        for name, scores in (("random", np.zeros(shape)), ("low position entropy", h_pos),
+                             ("low size entropy", h_size)):
+            policy = "random" if name == "random" else "low"
+            mask = ent.heads_to_mask(scores, frac, policy=policy, rng=rng, faithful=faithful)
+            edits = _full_mask_interventions(mask)
+            curves[name].append(accuracy(model, params, tokens, labels, config.batch_size, edits))
+    return curves
+
+
+def _full_mask_interventions(mask) -> dict:
+    """A head mask on every layer (ones where nothing is masked), so every mask shares one
+    compiled program."""
+    from jaxreason.hooks import HeadMask
+
+    return {f"blocks.{layer}.attn.hook_pattern": HeadMask(jnp.asarray(mask[layer], jnp.float32))
+            for layer in range(mask.shape[0])}
+
+
+def run(config: MechProbeConfig) -> dict:
+    """Train (unless skipped), probe, analyse, plot and report. Returns the metrics."""
+    t0 = time.perf_counter()
+    faithful = config.mode == "faithful"
+    out_dir = Path(config.run_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
+        config.train.checkpoint, resume=True))
+    train_result = {} if config.skip_training else train_main(train_cfg)
+    model, params = load_trained(train_cfg)
+
+    args = _task_args(config)
+    k = args.get("k", 1)
+    lists = kth.kth_smallest_lists(k=k, **{a: v for a, v in args.items() if a != "k"})
+    vocab = lists["vocab"]
+    test = lists["test"][:config.eval_examples]
+    test_tokens, test_labels = vocab.encode(test), vocab.label(kth.answers(test, k))
+    if faithful and len(lists["test"]) >= config.probe_examples:
+        probe_lists = kth.faithful_probe_sample(lists, config.probe_examples)
+    else:
+        pick = np.random.default_rng(config.seed).permutation(len(lists["test"]))
+        probe_lists = lists["test"][np.sort(pick[:config.probe_examples])]
+    p1, answer = kth.useful_and_answer_labels_batch(probe_lists, k)
+
+    random_model, random_params = from_config(model.config, seed=config.random_seed)
+    dropout = 0.1 if faithful else 0.0
+    probe_tokens = vocab.encode(probe_lists)
+    attn_trained = last_query_attention(model, params, probe_tokens, config.batch_size)
+    attn_random = last_query_attention(random_model, random_params, probe_tokens,
+                                       config.batch_size, dropout_rate=dropout,
+                                       dropout_sites=HF_TRAIN_DROPOUT_SITES if faithful else ("attn",))
+    metrics = {"mode": config.mode, "k": k, "vocab": vocab.source,
+               "test_accuracy": accuracy(model, params, test_tokens, test_labels, config.batch_size),
+               "random_test_accuracy": accuracy(random_model, random_params, test_tokens,
+                                                test_labels, config.batch_size),
+               "train": {k_: v for k_, v in train_result.items() if isinstance(v, (int, float))}}
+    metrics.update(probe_scores(attn_trained, attn_random, p1, answer, faithful, config.seed))
+
+    # causal analysis over the evaluation lists
+    attn_test = last_query_attention(model, params, test_tokens, config.batch_size)
+    by_pos, by_rank = ent.attention_by_rank(attn_test, test, dedupe=not faithful)
+    h_pos, h_size = ent.head_entropy(by_pos), ent.head_entropy(by_rank)
+    metrics["entropy_position"] = h_pos.tolist()
+    metrics["entropy_size"] = h_size.tolist()
+    metrics["masking"] = masking_curves(model, params, test_tokens, test_labels, h_pos, h_size,
+                                        config, faithful)
+    mask40 = ent.heads_to_mask(h_pos, 0.4, policy="low", rng=np.random.default_rng(config.seed),
+                               faithful=faithful)
+    metrics["case_study_40pct_accuracy"] = accuracy(model, params, test_tokens, test_labels,
+                                                    config.batch_size,
+                                                    _full_mask_interventions(mask40))
+    attn_random_test = last_query_attention(random_model, random_params, test_tokens,
+                                            config.batch_size)
+    rnd_pos, rnd_rank = ent.attention_by_rank(attn_random_test, test, dedupe=not faithful)
+    figures = _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics,
+                       attn_test, mask40, config.masking_fractions)
+    metrics["attention_by_rank_layer"] = by_rank.mean(1).T.tolist()  # (S ranks, L)
+    metrics["attention_by_position_layer"] = by_pos.mean(1).T.tolist()
+    metrics["figures"] = [p.name for p in figures]
+    metrics["seconds"] = time.perf_counter() - t0
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from jaxreason.studies.mechprobe_report import write_report
+
+    write_report(out_dir / "report.md", metrics, config)
+    return metrics
+
+
+def _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics, attn_test,
+             mask40, fractions):
+    s = by_rank.shape[-1]
+    ranks = [f"{r + 1}" for r in range(s)]
+    positions = [f"{p + 1}" for p in range(s)]
+    center = 1.0 / s
+    figs = [
+        plots.plot_attention_grid(by_rank.mean(1).T, ranks, "trained: attention by size rank",
+                                  out_dir / "attn_rank_trained.png", center=center),
+        plots.plot_attention_grid(rnd_rank.mean(1).T, ranks, "random init: attention by size rank",
+                                  out_dir / "attn_rank_random.png", center=center),
+        plots.plot_attention_grid(by_pos.mean(1).T, positions, "trained: attention by position",
+                                  out_dir / "attn_position_trained.png", ylabel="position"),
+        plots.plot_attention_grid(rnd_pos.mean(1).T, positions, "random init: attention by position",
+                                  out_dir / "attn_position_random.png", ylabel="position"),
+        plots.plot_entropy_heatmap(h_pos, "head entropy by position", out_dir / "entropy_position.png"),
+        plots.plot_entropy_heatmap(h_size, "head entropy by size rank", out_dir / "entropy_size.png"),
+        plots.plot_masking_curves([0.0, *fractions],
+                                  metrics["masking"], out_dir / "masking.png"),
+        plots.plot_layerwise(list(range(1, len(metrics["layerwise_f1_p1"]) + 1)),
+                             {"P1 (useful)": metrics["layerwise_f1_p1"],
+                              "P2 (answer)": metrics["layerwise_f1_p2"]},
+                             out_dir / "layerwise_probe.png"),
+    ]
+    # 40% case study: head-averaged attention over the heads left unmasked, by position
+    kept = mask40[None, :, :, None]  # (1, L, H, 1)
+    mean_kept = (attn_test * kept).sum(2) / np.maximum(kept.sum(2), 1)  # (N, L, S)
+    figs.append(plots.plot_attention_grid(mean_kept.mean(0).T, positions,
+                                          "case study: 40% low-entropy heads masked",
+                                          out_dir / "case_study_40pct.png", ylabel="position"))
+    return figs
+
