@@ -15,11 +15,11 @@ def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxreason.probe", description=__doc__)
     parser.add_argument("--config", required=True)
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    from jaxreason.config_io import ConfigError, load_config
-    from jaxreason.studies.mechprobe_kth import MechProbeConfig, run
+    from jaxreason.config_io import ConfigError
+    from jaxreason.studies.registry import load_study
 
     try:
-        config = load_config(MechProbeConfig, args.config, overrides)
+        config, run = load_study(args.config, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

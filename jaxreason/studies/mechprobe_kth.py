@@ -43,6 +43,7 @@ class MechProbeConfig:
     """The study's own settings; ``train`` is a full training config (or ``skip_training``
     to probe a run that already finished in ``train.trainer.run_dir``)."""
 
+    study: Literal["mechprobe_kth"] = "mechprobe_kth"
     mode: Literal["faithful", "fixed"] = "fixed"
     train: TrainConfig = TrainConfig()
     skip_training: bool = False

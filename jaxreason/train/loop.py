@@ -76,7 +76,7 @@ def make_train_step(model, tx, objective, options: dict, accumulate: int, use_dr
             metrics = jax.tree_util.tree_map(lambda m: m / accumulate, metrics)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return TrainState(state.step + 1, params, opt_state, rng), metrics
 
     return step
