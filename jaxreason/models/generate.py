@@ -201,7 +201,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         lives.append(live)
         live = live & ~jnp.isin(token, eos)
         bar.update(1)
-        last = n == max_new_tokens - 1 or (n % 4 == 3 and not bool(live.any()))
+        last = n == max_new_tokens - 1 or (eos_token_id is not None and n % 4 == 3
+                                           and not bool(live.any()))
         if last and not capture_key:
             break
         # feed the token back: this decodes the next one and, when capturing, records the

@@ -11,13 +11,16 @@ the logits agree, then times, in fp32:
   generate  greedy decoding of N new tokens from a short prompt
             (torch: generate(do_sample=False, min_new_tokens=N); jaxreason: eos_token_id=None)
 
-Every measurement runs once untimed (compilation, warm-up) and then reports the median of
-``--repeats`` timed runs. Throughput is batch*seq/time for forwards and batch*new/time for
-generation; "ratio" is jaxreason/torch throughput (>1 means jaxreason is faster).
+Every call runs once untimed (compilation, warm-up), then ``--repeats`` times; the median is
+reported. The six calls of a model are timed round-robin, so background load hits them
+alike. Throughput is batch*seq/time for forwards and batch*new/time for generation; "ratio"
+is jaxreason/torch throughput (>1 means jaxreason is faster). "Capture overhead" is
+jaxreason's capture time / plain forward time - 1. The machine should otherwise be idle: the
+script reports how much CPU other processes used meanwhile and warns when it was significant.
 
     source /work/venv/bin/activate
-    python scripts/bench/bench_models.py --quick               # ~1 minute, GPT-2 only
-    python scripts/bench/bench_models.py --out bench.json      # full: batch 8 x 256, 64 new
+    python scripts/bench/bench_models.py --quick               # ~30 s, GPT-2 only
+    python scripts/bench/bench_models.py --out bench.json      # full, both models: batch 8 x 256, 64 new
     python scripts/bench/bench_models.py --device cuda --models llama
 
 ``--device auto`` runs torch on CUDA when jax's backend is a GPU and torch sees CUDA;
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -84,15 +88,30 @@ def torch_device(choice: str) -> str:
     return "cpu"
 
 
-def timed(fn, repeats: int):
-    """Run ``fn`` once untimed (compile/warm-up), then return (median seconds, warm-up result)."""
-    result = fn()
-    times = []
+def timed_round_robin(fns: dict, repeats: int):
+    """Run every fn once untimed (compile/warm-up), then ``repeats`` rounds timing each fn once
+    per round, interleaved so that all of them see the same background load.
+    Returns (name -> list of seconds, name -> warm-up result)."""
+    warm = {k: fn() for k, fn in fns.items()}
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times, warm
+
+
+def cpu_seconds():
+    """(CPU seconds used by the whole machine, by this process); machine is None off Linux."""
+    own = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return None, own
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), own
 
 
 def build(name: str, directory: str, dev: str):
@@ -155,21 +174,23 @@ def bench_model(name: str, a, dev: str) -> dict:
         return np.asarray(jax.block_until_ready(out.generated))
 
     fwd_tokens, gen_tokens = a.batch * a.seq, a.batch * a.new
+    fns = {("forward", "torch"): t_forward(), ("forward", "jax"): j_forward(),
+           ("capture", "torch"): t_forward(True), ("capture", "jax"): j_forward(CAPTURE),
+           ("generate", "torch"): t_generate, ("generate", "jax"): j_generate}
+    times, warm = timed_round_robin(fns, a.repeats)
+    print(f"capture: jaxreason returned {len(warm['capture', 'jax'].captured)} tensors, torch "
+          f"{len(warm['capture', 'torch'].hidden_states)} hidden states (embeddings + blocks)")
     rows = {}
-    for row, tf, jf, tokens in (("forward", t_forward(), j_forward(), fwd_tokens),
-                                ("capture", t_forward(True), j_forward(CAPTURE), fwd_tokens),
-                                ("generate", t_generate, j_generate, gen_tokens)):
-        t_s, t_out = timed(tf, a.repeats)
-        j_s, j_out = timed(jf, a.repeats)
+    for row, tokens in (("forward", fwd_tokens), ("capture", fwd_tokens),
+                        ("generate", gen_tokens)):
+        t_s, j_s = statistics.median(times[row, "torch"]), statistics.median(times[row, "jax"])
         rows[row] = dict(torch_s=t_s, jax_s=j_s, torch_tok_s=tokens / t_s,
-                         jax_tok_s=tokens / j_s, ratio=t_s / j_s)
-        if row == "capture":
-            n_cap = len(j_out.captured)
-            print(f"capture: jaxreason returned {n_cap} tensors, torch {len(t_out.hidden_states)}"
-                  " hidden states")
-        if row == "generate":
-            rows[row]["token_agreement"] = float((t_out == j_out).mean())
+                         jax_tok_s=tokens / j_s, ratio=t_s / j_s,
+                         torch_times=times[row, "torch"], jax_times=times[row, "jax"])
         print(f"{row:9s} torch {t_s * 1e3:9.1f} ms   jaxreason {j_s * 1e3:9.1f} ms")
+    agree = float((warm["generate", "torch"] == warm["generate", "jax"]).mean())
+    rows["generate"]["token_agreement"] = agree
+    del warm
     overhead = {"jax": rows["capture"]["jax_s"] / rows["forward"]["jax_s"] - 1,
                 "torch": rows["capture"]["torch_s"] / rows["forward"]["torch_s"] - 1}
     del hf
@@ -187,9 +208,10 @@ def main():
           f"transformers {transformers.__version__}")
     print(f"fp32; forward batch {args.batch} x {args.seq}; generate batch {args.batch}, "
           f"prompt {args.prompt}, {args.new} new tokens; median of {args.repeats}")
-    load0 = os.getloadavg()[0]
+    (machine0, own0), wall0 = cpu_seconds(), time.perf_counter()
     results = {name: bench_model(name, args, dev) for name in args.models}
-    load1 = os.getloadavg()[0]
+    (machine1, own1), wall = cpu_seconds(), time.perf_counter() - wall0
+    others = None if machine0 is None else max(0.0, (machine1 - machine0 - own1 + own0) / wall)
 
     head = f"{'model':6s} {'row':9s} {'torch tok/s':>12s} {'jaxreason tok/s':>16s} {'ratio':>7s}"
     print("\n" + head + "\n" + "-" * len(head))
@@ -203,6 +225,10 @@ def main():
         o = res["capture_overhead"]
         print(f"{name}: capture overhead jaxreason {o['jax']:+.1%} "
               f"(torch output_hidden_states {o['torch']:+.1%})")
+    if others is not None:
+        print(f"other processes used {others:.2f} of {os.cpu_count()} cores on average during "
+              f"the {wall:.0f} s run" + ("   <-- WARNING: timings are unreliable"
+                                        if others > 0.25 else ""))
 
     if args.out:
         meta = dict(jax=jax.__version__, backend=jax.default_backend(),
@@ -210,7 +236,7 @@ def main():
                     torch_device=dev, torch_threads=torch.get_num_threads(),
                     transformers=transformers.__version__, batch=args.batch, seq=args.seq,
                     prompt=args.prompt, new_tokens=args.new, repeats=args.repeats,
-                    quick=args.quick, loadavg_start=load0, loadavg_end=load1)
+                    quick=args.quick, wall_s=wall, other_processes_cores=others)
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "models": results}, f, indent=2)
         print(f"wrote {args.out}")
