@@ -52,6 +52,7 @@ class MechProbeConfig:
     eval_examples: int = 2000
     batch_size: int = 256
     masking_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    random_mask_draws: int = 3
     random_seed: int = 1234
     seed: int = 42
 
@@ -112,10 +113,14 @@ def masking_curves(model, params, tokens, labels, h_pos, h_size, config, faithfu
     shape = h_pos.shape
     curves = {"random": [base], "low position entropy": [base], "low size entropy": [base]}
     for frac in tqdm(config.masking_fractions, desc="head masking", leave=False):
-        for name, scores in (("random", np.zeros(shape)), ("low position entropy", h_pos),
-                             ("low size entropy", h_size)):
-            policy = "random" if name == "random" else "low"
-            mask = ent.heads_to_mask(scores, frac, policy=policy, rng=rng, faithful=faithful)
+        # one random draw is noisy (a single key head decides it): average several
+        draws = [ent.heads_to_mask(np.zeros(shape), frac, policy="random", rng=rng,
+                                   faithful=faithful) for _ in range(config.random_mask_draws)]
+        curves["random"].append(float(np.mean([
+            accuracy(model, params, tokens, labels, config.batch_size,
+                     _full_mask_interventions(m)) for m in draws])))
+        for name, scores in (("low position entropy", h_pos), ("low size entropy", h_size)):
+            mask = ent.heads_to_mask(scores, frac, policy="low", rng=rng, faithful=faithful)
             edits = _full_mask_interventions(mask)
             curves[name].append(accuracy(model, params, tokens, labels, config.batch_size, edits))
     return curves

@@ -68,7 +68,8 @@ def write_report(path: Path, m: dict, config) -> Path:
                    "circuit than fine-tuned GPT-2 small."), ""]
     masking = m["masking"]
     lines += ["## Causal analysis", "",
-              "Accuracy after masking a fraction of heads (HF head_mask semantics):", "",
+              "Accuracy after masking a fraction of heads (HF head_mask semantics; the random "
+              f"policy is the mean of {config.random_mask_draws} draws):", "",
               "| policy | " + " | ".join(["0%"] + [f"{int(f * 100)}%" for f in config.masking_fractions]) + " |",
               "|---|" + "---|" * (len(config.masking_fractions) + 1)]
     for name, accs in masking.items():

@@ -50,6 +50,7 @@ class DataSection:
     eval_fraction: float = 0.05
     eval_batches: int = 4
     shuffle_seed: int = 0
+    shuffle: bool = True  # False reads rows in order every epoch (the MechanisticProbe original)
     buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -102,7 +103,7 @@ class TrainerSection:
     """The loop: steps, objective, evaluation cadence, where results go."""
 
     steps: int = 100
-    objective: Literal["causal_lm", "last_token", "classify"] = "causal_lm"
+    objective: str = "causal_lm"  # any name registered in jaxreason.train.objectives
     classify_tokens: tuple[int, ...] = ()
     eval_every: int = 50
     log_every: int = 10
@@ -114,6 +115,12 @@ class TrainerSection:
     def __post_init__(self):
         if self.steps <= 0:
             raise ConfigError(f"trainer.steps={self.steps} must be positive")
+        from jaxreason.train import objectives
+
+        try:
+            objectives.get(self.objective)
+        except ValueError as e:
+            raise ConfigError(f"trainer.objective: {e}") from None
         if self.objective == "classify" and len(self.classify_tokens) < 2:
             raise ConfigError("trainer.objective=classify needs at least two "
                               "trainer.classify_tokens")

@@ -98,25 +98,27 @@ class TokenDataset:
         return (self.subset(np.sort(perm[n_eval:]), self.name + "/train"),
                 self.subset(np.sort(perm[:n_eval]), self.name + "/eval"))
 
-    def batch_rows(self, step: int, batch_size: int, seed: int) -> np.ndarray:
-        """Row indices of global batch ``step``: epochs of per-epoch seeded permutations."""
+    def batch_rows(self, step: int, batch_size: int, seed: int, shuffle: bool = True) -> np.ndarray:
+        """Row indices of global batch ``step``: epochs of per-epoch seeded permutations
+        (or the stored order every epoch when ``shuffle`` is False)."""
         n = len(self)
         start = step * batch_size
         rows = []
         while len(rows) < batch_size:
             epoch, offset = divmod(start + len(rows), n)
-            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            perm = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
             rows.extend(perm[offset:offset + batch_size - len(rows)].tolist())
         return np.asarray(rows)
 
     def batch(self, step: int, batch_size: int, seed: int, buckets=(),
-              process_index: int | None = None, process_count: int | None = None) -> dict:
+              process_index: int | None = None, process_count: int | None = None,
+              shuffle: bool = True) -> dict:
         """This host's part of global batch ``step`` as numpy arrays (padded to a bucket)."""
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
         if batch_size % process_count:
             raise ValueError(f"batch_size={batch_size} does not split over {process_count} hosts")
-        rows = self.batch_rows(step, batch_size, seed)
+        rows = self.batch_rows(step, batch_size, seed, shuffle)
         per_host = batch_size // process_count
         mine = np.sort(rows[process_index * per_host:(process_index + 1) * per_host])
         order = np.argsort(np.argsort(rows[process_index * per_host:(process_index + 1) * per_host]))

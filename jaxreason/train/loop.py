@@ -214,7 +214,7 @@ def main(config: TrainConfig) -> dict:
     tokens_seen, t0 = 0, time.perf_counter()
     for step in range(start, config.trainer.steps):
         batch = train_data.batch(step, config.data.batch_size, config.data.shuffle_seed,
-                                 config.data.buckets)
+                                 config.data.buckets, shuffle=config.data.shuffle)
         arrays = {k: sh.global_batch(v, mesh) for k, v in batch.items()}
         with sh.activation_rules(mesh):
             state, metrics = train_step(state, arrays)
