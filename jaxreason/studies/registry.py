@@ -9,7 +9,8 @@ import importlib
 from jaxreason.config_io import ConfigError, load_config, load_yaml
 
 # study name -> (module, config class, run function)
-STUDIES = {"mechprobe_kth": ("jaxreason.studies.mechprobe_kth", "MechProbeConfig", "run")}
+STUDIES = {"mechprobe_kth": ("jaxreason.studies.mechprobe_kth", "MechProbeConfig", "run"),
+           "mechprobe_llama": ("jaxreason.studies.mechprobe_llama", "MechProbeLlamaConfig", "run")}
 
 
 def resolve(name: str):

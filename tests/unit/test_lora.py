@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from jaxreason.models import CausalLM, GPT2Config, LlamaConfig, save_pretrained
 from jaxreason.train.lora import add_lora, lora_logical_axes, lora_paths, merge_lora
 from jaxreason.train.masks import partitioned_optimizer, trainable_mask, trainable_optimizer
+from train_utils import train_steps
 
 CONFIGS = {"gpt2": GPT2Config.tiny(), "llama": LlamaConfig.tiny()}
 IDS = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 7)), jnp.int32)
@@ -158,19 +159,7 @@ def test_lora_logical_axes():
 
 def train(model, params, tx, steps=3):
     """A few jitted AdamW steps of next-token cross-entropy on IDS."""
-    def loss(p):
-        out = model.apply(p, IDS[:, :-1]).logits
-        return optax.softmax_cross_entropy_with_integer_labels(out, IDS[:, 1:]).mean()
-
-    @jax.jit
-    def step(params, state):
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = tx.init(params)
-    for _ in range(steps):
-        params, state = step(params, state)
-    return params, state
+    return train_steps(model, params, tx, IDS, steps)
 
 
 def state_size(state):

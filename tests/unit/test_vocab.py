@@ -14,6 +14,7 @@ from jaxreason.models import CausalLM, GPT2Config, LlamaConfig
 from jaxreason.train.lora import add_lora
 from jaxreason.train.masks import freeze_old_rows, trainable_mask, trainable_optimizer
 from jaxreason.train.vocab import add_tokens, resize_for_tokenizer
+from train_utils import train_steps
 
 CONFIGS = {"gpt2": GPT2Config.tiny(), "llama": LlamaConfig.tiny(),
            "llama_tied": LlamaConfig.tiny(tie_word_embeddings=True)}
@@ -127,20 +128,7 @@ def test_resize_for_tokenizer(tokenizer):
             resize_for_tokenizer(model, params, tokenizer, words)
 
 
-def train(model, params, tx, ids, steps=3):
-    def loss(p):
-        out = model.apply(p, ids[:, :-1]).logits
-        return optax.softmax_cross_entropy_with_integer_labels(out, ids[:, 1:]).mean()
-
-    @jax.jit
-    def step(params, state):
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        return optax.apply_updates(params, updates), state
-
-    state = tx.init(params)
-    for _ in range(steps):
-        params, state = step(params, state)
-    return params, state
+train = train_steps
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])  # tied head / untied head
