@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreason.hooks import Apply
+from jaxreason.hooks import Apply, HeadMask
 
 __all__ = [
     "HF_TRAIN_DROPOUT_SITES", "PROOFWRITER_KEEP_LAYERS", "ARC_KEEP_LAYERS",
@@ -108,11 +108,15 @@ def _dropout_interventions(num_layers: int, sites: tuple[str, ...], seed, exampl
 
 @functools.partial(jax.jit, static_argnames=("model", "query_position", "sites"))
 def _query_rows(model, params, ids, example_idx, seed, rate, query_position: int,
-                sites: tuple[str, ...]):
+                sites: tuple[str, ...], head_mask=None):
     """(B, L, H, S) attention rows of ``query_position``; only they leave the program."""
     num_layers = model.config.num_layers
     edits = (_dropout_interventions(num_layers, sites, seed, example_idx, rate)
-             if sites else None)
+             if sites else {})
+    if head_mask is not None:  # HF head_mask semantics on every layer's pattern
+        for layer in range(num_layers):
+            edits[f"blocks.{layer}.attn.hook_pattern"] = HeadMask(head_mask[layer])
+    edits = edits or None
     out = model.apply(params, ids,
                       capture={"blocks.*.attn.hook_pattern": jnp.array([query_position])},
                       interventions=edits)
@@ -122,7 +126,8 @@ def _query_rows(model, params, ids, example_idx, seed, rate, query_position: int
 
 def last_query_attention(model, params, tokens, batch_size: int = 256, query_position: int = -1,
                          dropout_rate: float = 0.0, dropout_seed: int = 0, *,
-                         dropout_sites: Sequence[str] = ("attn",)) -> np.ndarray:
+                         dropout_sites: Sequence[str] = ("attn",),
+                         head_mask=None) -> np.ndarray:
     """Attention rows of one query position for every layer and head.
 
     Args:
@@ -136,6 +141,9 @@ def last_query_attention(model, params, tokens, batch_size: int = 256, query_pos
       dropout_seed: seed of the per-example dropout keys.
       dropout_sites: any of ``"attn"`` (attention probabilities), ``"resid"`` (attention and
         MLP outputs) and ``"embd"`` (embedding sum); see the module docstring.
+      head_mask: optional (L, H) 0/1 mask applied to every layer's attention probabilities
+        while running (masked heads then return zero rows); not combinable with attention
+        dropout.
     Returns:
       (N, L, H, S) float32 numpy array: post-softmax (post-dropout) probabilities from the
       query to every key slot; key slots after the query are 0 (causal mask).
@@ -150,6 +158,8 @@ def last_query_attention(model, params, tokens, batch_size: int = 256, query_pos
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
     sites = tuple(sorted(set(dropout_sites))) if dropout_rate > 0 else ()
+    if head_mask is not None and "attn" in sites:
+        raise ValueError("head_mask and attention dropout both edit hook_pattern; use one")
     unknown = set(sites) - set(HF_TRAIN_DROPOUT_SITES)
     if unknown:
         raise ValueError(f"unknown dropout sites {sorted(unknown)}; choose from "
@@ -168,7 +178,9 @@ def last_query_attention(model, params, tokens, batch_size: int = 256, query_pos
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - m, axis=0)])
         idx = jnp.arange(start, start + bs, dtype=jnp.int32)
         rows = _query_rows(model, params, jnp.asarray(chunk, jnp.int32), idx, seed, rate,
-                           query_position=q, sites=sites)
+                           query_position=q, sites=sites,
+                           head_mask=None if head_mask is None else jnp.asarray(head_mask,
+                                                                                jnp.float32))
         out[start:start + m] = np.asarray(rows)[:m]
     return out
 

@@ -182,15 +182,17 @@ def run(config: MechProbeConfig) -> dict:
     metrics["masking"] = masking_curves(model, params, test_tokens, test_labels, h_pos, h_size,
                                         config, faithful)
     mask40 = ent.heads_to_mask(h_pos, 0.4, policy="low", rng=np.random.default_rng(config.seed),
-                               faithful=faithful)
+                               faithful=faithful).astype(np.float32)
     metrics["case_study_40pct_accuracy"] = accuracy(model, params, test_tokens, test_labels,
                                                     config.batch_size,
                                                     _full_mask_interventions(mask40))
     attn_random_test = last_query_attention(random_model, random_params, test_tokens,
                                             config.batch_size)
     rnd_pos, rnd_rank = ent.attention_by_rank(attn_random_test, test, dedupe=not faithful)
+    case = case_study(model, params, test, vocab, mask40, config.batch_size)
+    metrics["case_study_swapped_examples"] = case["examples"]
     figures = _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics,
-                       attn_test, mask40, config.masking_fractions)
+                       case, config.masking_fractions)
     metrics["attention_by_rank_layer"] = by_rank.mean(1).T.tolist()  # (S ranks, L)
     metrics["attention_by_position_layer"] = by_pos.mean(1).T.tolist()
     metrics["figures"] = [p.name for p in figures]
@@ -202,8 +204,33 @@ def run(config: MechProbeConfig) -> dict:
     return metrics
 
 
-def _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics, attn_test,
-             mask40, fractions):
+LEAF_SLOT, ROOT_SLOT = 8, 12  # 0-based slots the original moved the two smallest to
+
+
+def case_study(model, params, lists, vocab, mask, batch_size: int) -> dict:
+    """Spec §5.4: with the 40% lowest-H_pos heads masked, the head-averaged attention of the
+    last token over the heads left (per layer), on all lists and on duplicate-free lists with
+    the smallest number moved to slot 8 ("leaf") and the 2nd smallest to slot 12 ("root")."""
+    def mean_over_kept(attn):  # (N, L, H, S) -> (L, S)
+        kept = mask[None, :, :, None]
+        return ((attn * kept).sum(2) / np.maximum(kept.sum(2), 1)).mean(0)
+
+    every = last_query_attention(model, params, vocab.encode(lists), batch_size, head_mask=mask)
+    distinct = np.asarray([r for r in lists if len(set(r.tolist())) == len(r)])
+    swapped = distinct.copy()
+    for row in swapped:
+        for rank, slot in ((0, LEAF_SLOT), (1, ROOT_SLOT)):
+            src = int(np.argsort(row, kind="stable")[rank])
+            row[src], row[slot] = row[slot], row[src]
+    flow = last_query_attention(model, params, vocab.encode(swapped), batch_size,
+                                head_mask=mask) if len(swapped) else None
+    return {"all": mean_over_kept(every),
+            "swapped": None if flow is None else mean_over_kept(flow),
+            "examples": int(len(swapped))}
+
+
+def _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics, case,
+             fractions):
     s = by_rank.shape[-1]
     ranks = [f"{r + 1}" for r in range(s)]
     positions = [f"{p + 1}" for p in range(s)]
@@ -226,11 +253,15 @@ def _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics
                               "P2 (answer)": metrics["layerwise_f1_p2"]},
                              out_dir / "layerwise_probe.png"),
     ]
-    # 40% case study: head-averaged attention over the heads left unmasked, by position
-    kept = mask40[None, :, :, None]  # (1, L, H, 1)
-    mean_kept = (attn_test * kept).sum(2) / np.maximum(kept.sum(2), 1)  # (N, L, S)
-    figs.append(plots.plot_attention_grid(mean_kept.mean(0).T, positions,
-                                          "case study: 40% low-entropy heads masked",
+    figs.append(plots.plot_attention_grid(case["all"].T, positions,
+                                          "40% lowest-H_pos heads masked: kept heads",
                                           out_dir / "case_study_40pct.png", ylabel="position"))
+    if case["swapped"] is not None:
+        labels = list(positions)
+        labels[LEAF_SLOT], labels[ROOT_SLOT] = f"{LEAF_SLOT + 1} leaf", f"{ROOT_SLOT + 1} root"
+        figs.append(plots.plot_attention_grid(case["swapped"].T, labels,
+                                              "smallest at 9 (leaf), 2nd smallest at 13 (root)",
+                                              out_dir / "case_study_leaf_root.png",
+                                              ylabel="position"))
     return figs
 

@@ -64,7 +64,7 @@ def test_report_and_figures_are_written(runs):
         m = json.loads((run_dir / "metrics.json").read_text())
         report = (run_dir / "report.md").read_text()
         assert f"mode `{mode}`" in report and "S_P1" in report and "Original (12 layers)" in report
-        assert len(m["figures"]) == 9
+        assert len(m["figures"]) == 10
         for name in m["figures"]:
             assert (run_dir / name).stat().st_size > 1000, name
         curves = m["masking"]
