@@ -19,6 +19,7 @@ Modes (every number in the report names the one that produced it):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -64,16 +65,19 @@ def _task_args(config: MechProbeConfig) -> dict:
     return args
 
 
-def accuracy(model, params, tokens, labels, batch_size: int, interventions=None) -> float:
-    """Argmax over the whole vocabulary at the last position vs the answer token."""
-    @jax.jit
-    def predict(p, ids, edits):
-        return jnp.argmax(model.apply(p, ids, interventions=edits).logits[:, -1], -1)
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predict(model, params, ids, edits):
+    return jnp.argmax(model.apply(params, ids, interventions=edits).logits[:, -1], -1)
 
+
+def accuracy(model, params, tokens, labels, batch_size: int, interventions=None) -> float:
+    """Argmax over the whole vocabulary at the last position vs the answer token (one
+    compiled program per intervention structure, shared by every head mask)."""
     hits = 0
     for i in range(0, len(tokens), batch_size):
         ids = jnp.asarray(tokens[i:i + batch_size])
-        hits += int((np.asarray(predict(params, ids, interventions)) == labels[i:i + batch_size]).sum())
+        hits += int((np.asarray(_predict(model, params, ids, interventions))
+                     == labels[i:i + batch_size]).sum())
     return hits / len(tokens)
 
 
