@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from jaxreason.hooks import block_name
 from jaxreason.models.config import GPT2Config, dtype_of
-from jaxreason.models.layers import Context, LayerNorm, attention_core, dense, logical, residual_block
+from jaxreason.models.layers import (Context, LayerNorm, attention_core, dense, logical,
+                                     residual_block, tied_logits)
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -95,4 +96,4 @@ class GPT2Module(nn.Module):
             x = GPT2Block(c, i, name=f"h_{i}")(ctx, x)
         x = LayerNorm(c.layer_norm_epsilon, pdt, name="ln_f")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
-        return wte.attend(x).astype(jnp.float32)
+        return tied_logits(x, wte.embedding).astype(jnp.float32)

@@ -74,6 +74,20 @@ class LayerNorm(nn.Module):
         return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
+def matmul(x, w):
+    """(..., D) @ (D, F) as one 2-D matmul.
+
+    XLA's CPU backend differentiates a 3-D ``dot`` into a weight gradient that contracts over
+    two axes (batch and positions), which it runs about 1.6x slower than the same product
+    flattened to 2-D; the reshape is free and keeps the backward pass on the fast path."""
+    return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+def tied_logits(x, table):
+    """Logits of a tied LM head: (..., D) against the (V, D) embedding table."""
+    return matmul(x, table.T.astype(x.dtype))
+
+
 class Dense(nn.Module):
     """A linear layer with an (in, out) kernel, plus an optional LoRA path.
 
@@ -96,7 +110,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", logical(nn.initializers.normal(self.std), self.axes),
                             (x.shape[-1], self.features), self.param_dtype)
         x = x.astype(self.dtype)
-        y = jnp.dot(x, kernel.astype(self.dtype))
+        y = matmul(x, kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param("bias", logical(nn.initializers.zeros, (self.axes[1],)),
                               (self.features,), self.param_dtype)
@@ -110,7 +124,7 @@ class Dense(nn.Module):
                 rate = self.get_variable("params", "lora_dropout").astype(jnp.float32)
                 keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
                 h = jnp.where(keep, x / (1.0 - rate).astype(self.dtype), 0).astype(self.dtype)
-            y = y + scale * jnp.dot(jnp.dot(h, a), b)
+            y = y + scale * matmul(matmul(h, a), b)
         return y
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxreason.hooks import block_name
 from jaxreason.models.config import LlamaConfig, dtype_of
 from jaxreason.models.layers import (Context, RMSNorm, attention_core, dense, logical,
-                                     residual_block, rope_inv_freq)
+                                     residual_block, rope_inv_freq, tied_logits)
 
 
 class LlamaAttention(nn.Module):
@@ -91,6 +91,6 @@ class LlamaModule(nn.Module):
         x = RMSNorm(c.rms_norm_eps, pdt, name="norm")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
         if c.tie_word_embeddings:
-            return embed.attend(x).astype(jnp.float32)
+            return tied_logits(x, embed.embedding).astype(jnp.float32)
         return dense(c.vocab_size, "lm_head", ("embed", "vocab"), use_bias=False, dtype=dt,
                      param_dtype=pdt)(x).astype(jnp.float32)
