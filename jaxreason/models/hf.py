@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreason.models.config import BaseConfig, config_from_hf
-from jaxreason.models.lm import CausalLM, _unwrap
+from jaxreason.models.lm import CausalLM
+from jaxreason.tree_utils import flatten, unflatten, unwrap_params
 from jaxreason.models.safetensors_io import CheckpointTensors, shard_plan, write_file
 
 # Buffers some checkpoints carry that are not parameters (causal masks, cached RoPE freqs).
@@ -43,26 +44,6 @@ def hf_key(path: tuple[str, ...], family: str) -> tuple[str, bool]:
         return "transformer." + key, False
     transposed = path[-1] == "kernel"
     return (key if path[0] == "lm_head" else "model." + key), transposed
-
-
-def _flat(tree: dict, prefix: tuple = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _unflat(flat: dict[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = v
-    return tree
 
 
 def _local_dir(path: str | os.PathLike) -> Path:
@@ -112,7 +93,7 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
     ckpt = CheckpointTensors(directory)
     cfg = model.config
     target_dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
-    wanted = _flat(model.param_shapes())
+    wanted = flatten(model.param_shapes())
     place = _placement(shardings)
     loaded, used = {}, set()
     for path, spec in tqdm(wanted.items(), desc="loading tensors", disable=not progress):
@@ -137,7 +118,7 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
     if leftover and strict:
         raise ValueError(f"checkpoint {directory} has tensors this {cfg.family} config does not "
                          f"use: {leftover[:8]}{' ...' if len(leftover) > 8 else ''}")
-    return _unflat(loaded)
+    return unflatten(loaded)
 
 
 def _placement(shardings) -> Callable[[tuple, np.ndarray], jax.Array]:
@@ -145,7 +126,7 @@ def _placement(shardings) -> Callable[[tuple, np.ndarray], jax.Array]:
         return lambda path, arr: jax.device_put(arr)
     if callable(shardings):
         return lambda path, arr: jax.device_put(arr, shardings(path))
-    flat = _flat(shardings)
+    flat = flatten(shardings)
     return lambda path, arr: jax.device_put(arr, flat[path])
 
 
@@ -159,7 +140,7 @@ def load_tokenizer(path: str | os.PathLike):
 def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors (transposed back) for the given parameters."""
     np_dtype = np.dtype(jax.numpy.dtype(dtype or model.config.param_dtype))
-    flat = _flat(_unwrap(params))
+    flat = flatten(unwrap_params(params))
     lora = sorted("/".join(p) for p in flat if p[-1].startswith("lora_"))
     if lora:
         raise ValueError(f"params hold LoRA adapters ({lora[0]}, ...); merge them into the base "

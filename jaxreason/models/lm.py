@@ -32,6 +32,7 @@ from jaxreason.models.config import BaseConfig, GPT2Config, LlamaConfig
 from jaxreason.models.gpt2 import GPT2Module
 from jaxreason.models.layers import KVCache, build_context, finish_cache
 from jaxreason.models.llama import LlamaModule
+from jaxreason.tree_utils import unwrap_params
 
 MODULES = {"gpt2": GPT2Module, "llama": LlamaModule}
 
@@ -43,13 +44,6 @@ class ModelOutput:
     logits: jax.Array  # (B, T, V) float32
     captured: dict = struct.field(default_factory=dict)
     cache: KVCache | None = None
-
-
-def _unwrap(params):
-    """Accept either the bare parameter tree or Flax's ``{"params": tree}``."""
-    if isinstance(params, dict) and set(params) == {"params"}:
-        return params["params"]
-    return params
 
 
 def _is_concrete(x) -> bool:
@@ -131,7 +125,7 @@ class CausalLM:
         if self.family == "gpt2":
             self._check_positions(ctx.positions)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        logits = self.module.apply({"params": _unwrap(params)}, ctx, input_ids, rngs=rngs)
+        logits = self.module.apply({"params": unwrap_params(params)}, ctx, input_ids, rngs=rngs)
         return ModelOutput(logits=logits, captured=ctx.hooks.captured,
                            cache=finish_cache(ctx, mask, key_valid, key_pos))
 

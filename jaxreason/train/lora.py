@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from jaxreason.tree_utils import copy_tree
+
 # Dense layers LoRA may target, per family. GPT-2's ``c_proj`` is both ``attn.c_proj`` and
 # ``mlp.c_proj``; a target with a dot (or a wildcard) is a pattern on the module path.
 LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -102,10 +104,6 @@ def select_targets(params: dict, family: Any, targets: Iterable[str] | str | Non
     return sorted(chosen)
 
 
-def _copy(tree):
-    return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
-
-
 def _node(tree: dict, path: tuple[str, ...]) -> dict:
     for p in path:
         tree = tree[p]
@@ -133,7 +131,7 @@ def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = No
         raise ValueError("params already hold LoRA adapters; merge_lora them first")
     paths = select_targets(params, family, targets)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    out = _copy(params)
+    out = copy_tree(params)
     for i, path in enumerate(paths):
         node = _node(out, path)
         d_in, d_out = node["kernel"].shape
@@ -158,7 +156,7 @@ def merge_lora(params: dict) -> dict:
     kernel's dtype, so the merged model matches the adapted one up to that cast. A tree
     without adapters comes back unchanged (as a copy).
     """
-    out = _copy(params)
+    out = copy_tree(params)
     for path, node in list(_dense_modules(out)):
         present = [k for k in LORA_LEAVES if k in node]
         if not present:

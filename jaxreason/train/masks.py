@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreason.train.lora import LORA_LEAVES, LORA_TRAINABLE
+from jaxreason.tree_utils import path_names
 
 MODES = ("all", "lora", "new-embeddings", "lora+new-embeddings", "patterns")
 NEVER_TRAINABLE = tuple(k for k in LORA_LEAVES if k not in LORA_TRAINABLE)
@@ -39,10 +40,6 @@ VOCAB_AXES = {("wte", "embedding"): 0, ("embed_tokens", "embedding"): 0,
               ("lm_head", "kernel"): 1}
 FAMILY_VOCAB_LEAVES = {"gpt2": {("wte", "embedding")},
                        "llama": {("embed_tokens", "embedding"), ("lm_head", "kernel")}}
-
-
-def _names(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def vocab_axis(names: tuple[str, ...], family: str | None = None) -> int | None:
@@ -73,7 +70,7 @@ def trainable_mask(params: dict, mode: str, patterns: Iterable[str] | str | None
         patterns = [patterns]
     patterns = list(patterns or [])
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    names = [_names(p) for p, _ in leaves]
+    names = [path_names(p) for p, _ in leaves]
     used: set[str] = set()
 
     def pick(n: tuple[str, ...], leaf) -> bool:
@@ -122,11 +119,11 @@ def freeze_old_rows(old_vocab: int, family: str | None = None) -> optax.Gradient
                          f"{sorted(FAMILY_VOCAB_LEAVES)}")
 
     def zero_old(path, u):
-        axis = vocab_axis(_names(path), family)
+        axis = vocab_axis(path_names(path), family)
         if axis is None or u is None:
             return u
         if u.shape[axis] <= old_vocab:
-            raise ValueError(f"{'/'.join(_names(path))} has {u.shape[axis]} vocabulary entries, "
+            raise ValueError(f"{'/'.join(path_names(path))} has {u.shape[axis]} vocabulary entries, "
                              f"none beyond old_vocab={old_vocab}")
         keep = jnp.arange(u.shape[axis]) >= old_vocab
         keep = keep[:, None] if axis == 0 else keep[None, :]

@@ -12,6 +12,7 @@ import fnmatch
 import jax
 import optax
 
+from jaxreason.tree_utils import path_str
 from jaxreason.train.config import OptimizerSection, ScheduleSection
 
 
@@ -25,10 +26,6 @@ def schedule(opt: OptimizerSection, sched: ScheduleSection, total_steps: int) ->
     if warm == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warm), after], [warm])
-
-
-def path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def decay_mask(params, no_decay_patterns) -> object:

@@ -22,15 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreason.models.lm import CausalLM, _unwrap
+from jaxreason.models.lm import CausalLM
+from jaxreason.tree_utils import copy_tree, unwrap_params
 
 # (module, leaf) of the input embedding per family; the untied head is always lm_head/kernel.
 EMBEDDING = {"gpt2": ("wte", "embedding"), "llama": ("embed_tokens", "embedding")}
 HEAD = ("lm_head", "kernel")
-
-
-def _copy(tree):
-    return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
 def _check_init(init, num_new: int, old_vocab: int) -> list[list[int] | None]:
@@ -99,7 +96,7 @@ def add_tokens(model: CausalLM, params: dict, num_new: int,
         raise ValueError(f"num_new must be a positive int, got {num_new!r}")
     cfg = model.config
     old = cfg.vocab_size
-    params = _unwrap(params)
+    params = unwrap_params(params)
     module, leaf = EMBEDDING[cfg.family]
     table = params[module][leaf]
     if table.shape[0] != old:
@@ -107,7 +104,7 @@ def add_tokens(model: CausalLM, params: dict, num_new: int,
                          f"is {old}; pass the model that belongs to these params")
     sources = _check_init(init, int(num_new), old)
     rng_embed, rng_head = jax.random.split(rng) if rng is not None else (None, None)
-    out = _copy(params)
+    out = copy_tree(params)
     out[module][leaf] = jnp.concatenate(
         [table, _new_rows(table, sources, rng_embed, noise_scale)], axis=0)
     if not cfg.tie_word_embeddings:
@@ -148,5 +145,5 @@ def resize_for_tokenizer(model: CausalLM, params: dict, tokenizer: Any,
                              f"empty or uses new tokens; pick a word made of old tokens")
         init[tid - old] = ids
     if num_new <= 0:
-        return model, _unwrap(params)
+        return model, unwrap_params(params)
     return add_tokens(model, params, num_new, init, rng=rng)
