@@ -105,8 +105,8 @@ def _sample(logits, key, temperature: float, top_p: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "capture_key", "temperature", "top_p"),
                    donate_argnames=("cache",))
-def _step(model: CausalLM, params, cache, token, live, interventions, key, eos_ids, pad_id,
-          capture_key, temperature, top_p):
+def _step(model: CausalLM, params, cache, token, live, interventions, key, capture_key,
+          temperature, top_p):
     out = model.apply(params, token[:, None], live[:, None].astype(jnp.int32), cache=cache,
                       capture=list(capture_key) or None, interventions=interventions)
     nxt = _sample(out.logits[:, -1], key, temperature, top_p)
@@ -209,8 +209,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         # activations of this token, so captures line up with `tokens` slot for slot
         key, sub = jax.random.split(key)
         token, cache, captured = _step(model, params, cache, token, lives[-1],
-                                       step_edits, sub, eos, pad_token_id, capture_key,
-                                       temperature, top_p)
+                                       step_edits, sub, capture_key, temperature, top_p)
         for name, v in captured.items():
             pieces[name].append(v)
         if last:
