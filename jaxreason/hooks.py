@@ -106,6 +106,20 @@ def block_name(i: int, leaf: str) -> str:
     return f"blocks.{i}.{leaf}"
 
 
+def hidden_state_hook(index: int, num_layers: int) -> str:
+    """The hook holding HF ``output_hidden_states[index]``: 0 is the embedding output (the
+    residual entering block 0), ``1 <= index < L`` the residual after block ``index - 1``,
+    and ``L`` the final norm's output (HF puts the normed state last, not the raw one)."""
+    if not 0 <= index <= num_layers:
+        raise ValueError(f"hidden-state index {index} is outside 0..{num_layers} "
+                         f"(a model with {num_layers} blocks)")
+    if index == 0:
+        return block_name(0, "hook_resid_pre")
+    if index == num_layers:
+        return "ln_final.hook_normalized"
+    return block_name(index - 1, "hook_resid_post")
+
+
 def expand_names(pattern: str, valid: tuple[str, ...], what: str = "hook") -> list[str]:
     """Names matching an exact name or ``fnmatch`` pattern; a clear error when none do."""
     if pattern in valid:

@@ -26,7 +26,8 @@ def cli(argv=None) -> int:
     metrics = run(config)
     keys = ("mode", "test_accuracy", "S_P1", "S_P2", "f1_p1_trained", "f1_p1_random",
             "f1_p2_trained", "f1_p2_random", "seconds")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    shown = metrics.get("summary") or {k: metrics[k] for k in keys if k in metrics}
+    print(json.dumps(shown, indent=2))
     print(f"report: {config.run_dir}/report.md")
     return 0
 

@@ -29,13 +29,13 @@ __all__ = ["plot_attention_grid", "plot_entropy_heatmap", "plot_masking_curves",
            "plot_layerwise"]
 
 
-def _figure(figsize):
+def new_figure(figsize):
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -69,7 +69,7 @@ def plot_attention_grid(matrix, row_labels: Sequence[str], title: str, path, cen
                                    vmax=max(hi, center + eps))
     else:
         norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
-    fig = _figure((1.0 + 0.55 * m.shape[1], 1.2 + 0.35 * m.shape[0]))
+    fig = new_figure((1.0 + 0.55 * m.shape[1], 1.2 + 0.35 * m.shape[0]))
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="seismic", norm=norm, aspect="auto", interpolation="none")
     ax.set_xticks(np.arange(m.shape[1]), [str(i + 1) for i in range(m.shape[1])])
@@ -83,7 +83,7 @@ def plot_attention_grid(matrix, row_labels: Sequence[str], title: str, path, cen
             ax.text(j, i, f"{z:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if shade < 0.2 or shade > 0.8 else "black")
     fig.colorbar(im, ax=ax, label="attention")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_entropy_heatmap(entropy, title: str, path) -> Path:
@@ -92,7 +92,7 @@ def plot_entropy_heatmap(entropy, title: str, path) -> Path:
     if e.ndim != 2:
         raise ValueError(f"entropy must be (L, H), got shape {e.shape}")
     grid = e.T  # (H, L)
-    fig = _figure((1.0 + 0.45 * grid.shape[1], 1.2 + 0.4 * grid.shape[0]))
+    fig = new_figure((1.0 + 0.45 * grid.shape[1], 1.2 + 0.4 * grid.shape[0]))
     ax = fig.add_subplot()
     im = ax.imshow(grid, cmap="hot", vmin=0.0, vmax=1.0, aspect="auto", interpolation="none")
     ax.set_xticks(np.arange(grid.shape[1]), [str(i + 1) for i in range(grid.shape[1])])
@@ -101,7 +101,7 @@ def plot_entropy_heatmap(entropy, title: str, path) -> Path:
     ax.set_ylabel("attention head")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="entropy / ln S")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_masking_curves(fractions: Sequence[float], accuracies: Mapping[str, Sequence[float]],
@@ -112,7 +112,7 @@ def plot_masking_curves(fractions: Sequence[float], accuracies: Mapping[str, Seq
     there); each ``accuracies[policy]`` has one value per fraction.
     """
     x = np.asarray(fractions, np.float64)
-    fig = _figure((5.5, 3.8))
+    fig = new_figure((5.5, 3.8))
     ax = fig.add_subplot()
     for name, acc in accuracies.items():
         acc = np.asarray(acc, np.float64)
@@ -126,14 +126,14 @@ def plot_masking_curves(fractions: Sequence[float], accuracies: Mapping[str, Seq
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_layerwise(layers: Sequence[int], f1s: Mapping[str, Sequence[float]], path,
                    title: str = "probe F1 using layers 1..l") -> Path:
     """Layer-wise probe F1: x = number of leading layers used, one line per probe/model."""
     x = np.asarray(layers)
-    fig = _figure((5.5, 3.8))
+    fig = new_figure((5.5, 3.8))
     ax = fig.add_subplot()
     for name, ys in f1s.items():
         ys = np.asarray(ys, np.float64)
@@ -146,4 +146,4 @@ def plot_layerwise(layers: Sequence[int], f1s: Mapping[str, Sequence[float]], pa
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)

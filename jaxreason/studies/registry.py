@@ -10,7 +10,8 @@ from jaxreason.config_io import ConfigError, load_config, load_yaml
 
 # study name -> (module, config class, run function)
 STUDIES = {"mechprobe_kth": ("jaxreason.studies.mechprobe_kth", "MechProbeConfig", "run"),
-           "mechprobe_llama": ("jaxreason.studies.mechprobe_llama", "MechProbeLlamaConfig", "run")}
+           "mechprobe_llama": ("jaxreason.studies.mechprobe_llama", "MechProbeLlamaConfig", "run"),
+           "think_to_talk": ("jaxreason.studies.think_to_talk", "ThinkToTalkConfig", "run")}
 
 
 def resolve(name: str):

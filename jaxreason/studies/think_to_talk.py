@@ -1,0 +1,324 @@
+"""Think-to-Talk or Talk-to-Think? (Kudo et al.) end to end: when, inside a model writing a
+chain of thought, is each intermediate answer of a multi-step formula decodable?
+
+The study wires shared pieces together:
+
+* ``jaxreason.tasks.formulas`` builds the five problem configs, splits, few-shot prompts and
+  counterfactual pairs; ``jaxreason.tasks.formula_tokens`` the embedded tokenizer.
+* ``jaxreason.train`` trains the embedded default model (a small Llama) from scratch on the
+  formula chains of thought, or a local HF Llama-family checkpoint is loaded instead.
+* :mod:`~jaxreason.studies.ttt_decode` decodes with a cached few-shot prompt and exports the
+  residual stream to :mod:`~jaxreason.probe.activation_store` chunk by chunk.
+* :mod:`~jaxreason.studies.ttt_probing` fits the vmapped linear probes of
+  :mod:`jaxreason.probe.linear`; :mod:`~jaxreason.studies.ttt_patching` patches activations.
+* :mod:`~jaxreason.studies.ttt_report` writes ``report.md``.
+
+Modes (every number in the outputs names the one that produced it):
+
+* ``faithful``: probes evaluated on every test problem, a missing position counting as
+  wrong (spec §8.3); the primary probe is the original's full-batch GD on raw features.
+* ``fixed``: probes evaluated on the solved test problems only (positions mean the same
+  tokens as in training); the primary probe is standardised L2 logistic regression.
+
+Both probe kinds run whenever ``probes`` lists them, so each mode reports its control beside
+its primary numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import jax
+import numpy as np
+
+from jaxreason.probe.activation_store import ActivationWriter, open_store
+from jaxreason.probe.linear import ProbeSettings, chance_accuracy
+from jaxreason.studies import ttt_patching, ttt_probing
+from jaxreason.studies.ttt_decode import decode_problems, hidden_indices
+from jaxreason.tasks import formulas as fm
+from jaxreason.train.config import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSetting:
+    """One activation-patching configuration (spec §6): hidden indices >= ``start_layer``
+    at source positions ``start..end`` (inclusive); ``expect`` names the intended token at
+    each position (or ``<edited>``, ``<query>``, ``<digit>``), checked against the tokenizer;
+    ``teacher_force`` appends that many gold CoT tokens to the input."""
+
+    name: str = "v2_edit"
+    start_layer: int = 12
+    start: int = 13
+    end: int = 14
+    expect: tuple[str, ...] = ("<edited>", ";")
+    teacher_force: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSection:
+    probes: tuple[Literal["sgd", "logreg"], ...] = ("sgd", "logreg")
+    sgd_steps: int = 10_000
+    sgd_lr: float = 1e-3
+    logreg_l2: float = 1e-3
+    logreg_steps: int = 300
+    seed: int = 42
+    threshold: float = 0.9  # "decodable" = accuracy at or above this (reported with chance)
+
+    def settings(self) -> dict[str, ProbeSettings]:
+        return {"sgd": ProbeSettings(kind="sgd", steps=self.sgd_steps, lr=self.sgd_lr,
+                                     seed=self.seed),
+                "logreg": ProbeSettings(kind="logreg", l2=self.logreg_l2,
+                                        logreg_steps=self.logreg_steps, seed=self.seed)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkToTalkConfig:
+    """The study's settings. ``train`` trains the embedded model unless ``model_path`` names
+    a local HF checkpoint (then prompted few-shot, no BOS, as in the spec)."""
+
+    study: Literal["think_to_talk"] = "think_to_talk"
+    mode: Literal["faithful", "fixed"] = "fixed"
+    run_dir: str = "runs/think_to_talk"
+    tasks: tuple[str, ...] = fm.CONFIGS
+    model_path: str | None = None
+    dtype: str = "float32"
+    train: TrainConfig = TrainConfig()
+    skip_training: bool = False
+    layer_step: int = 1
+    shots: int = 3
+    general_prompt_for: tuple[str, ...] = ()  # tasks prompted with the 50-shot general prompt
+    test_size: int = 2000
+    probing_train_size: int = 10_000
+    batch_size: int = 250
+    probe_train_on: Literal["solved", "all"] = "solved"  # the original: solved problems only
+    max_new_tokens: int = 100
+    export_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    probe: ProbeSection = ProbeSection()
+    patch_pairs: int = 2000
+    patches: tuple[PatchSetting, ...] = (
+        PatchSetting("v2_edit", 12, 13, 14, ("<edited>", ";")),
+        PatchSetting("v2_edit_low_acc", 12, 15, 17, ("<query>", "=", "?")),
+        PatchSetting("v2_edit_teacher_force", 12, 13, 14, ("<edited>", ";"), 38))
+    data_parallel: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        from jaxreason.config_io import ConfigError
+
+        bad = [t for t in self.tasks if t not in fm.CONFIGS]
+        if bad:
+            raise ConfigError(f"tasks: unknown {bad}; known: {list(fm.CONFIGS)}")
+        if self.patches and "2step" not in self.tasks:
+            raise ConfigError("patching scores the patched states with the 2step probes: add "
+                              "'2step' to tasks or set patches: []")
+        names = [p.name for p in self.patches]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"patches: names must be unique (each names its export), got {names}")
+        for name, v in (("test_size", self.test_size), ("probing_train_size", self.probing_train_size),
+                        ("batch_size", self.batch_size), ("max_new_tokens", self.max_new_tokens)):
+            if v <= 0:
+                raise ConfigError(f"{name}={v} must be positive")
+
+
+# ----------------------------------------------------------------------------- model
+
+def load_model(config: ThinkToTalkConfig):
+    """(model, params, codec, train metrics): the embedded model (trained here unless
+    skipped) or a local HF checkpoint."""
+    from jaxreason.tasks.formula_tokens import FormulaTokenizer, HFCodec
+
+    if config.model_path:
+        from jaxreason.models import load_pretrained, load_tokenizer
+
+        model, params = load_pretrained(config.model_path, dtype=config.dtype)
+        return model, params, HFCodec(load_tokenizer(config.model_path)), {}
+    from jaxreason.train.loop import load_trained, main as train_main
+
+    codec = FormulaTokenizer()
+    ckpt = config.train.checkpoint
+    train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
+        ckpt, resume=True, save_every=ckpt.save_every or config.train.trainer.steps))
+    vocab = train_cfg.model.overrides.get("vocab_size")
+    if vocab is not None and vocab < codec.vocab_size:
+        raise ValueError(f"train.model.overrides.vocab_size={vocab} is smaller than the "
+                         f"formula vocabulary ({codec.vocab_size} tokens)")
+    result = {} if config.skip_training else train_main(train_cfg)
+    model, params = load_trained(train_cfg)
+    return model, params, codec, {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def _mesh(config: ThinkToTalkConfig, model, params):
+    """A data-parallel mesh over every device (None on one device)."""
+    if not config.data_parallel or jax.device_count() == 1:
+        return None, params
+    from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
+
+    mesh = make_mesh(MeshConfig(data=-1))
+    if config.batch_size % mesh.shape["data"]:
+        raise ValueError(f"batch_size={config.batch_size} must divide over the "
+                         f"{mesh.shape['data']} devices for data-parallel decoding")
+    return mesh, place(params, model_shardings(model, mesh))
+
+
+# ----------------------------------------------------------------------------- stages
+
+def _prompt(config: ThinkToTalkConfig, task: str, splits) -> str:
+    if task in config.general_prompt_for:
+        return fm.general_prompt(50)
+    return fm.few_shot_prompt(splits["train"], config.shots)
+
+
+def _export(config, model, params, codec, prefix, problems, directory: Path, indices, mesh,
+            desc: str, meta: dict):
+    """Decode ``problems`` into a store at ``directory`` (resuming a killed export)."""
+    writer = ActivationWriter(directory, indices, model.config.hidden_size,
+                              dtype=config.export_dtype, meta=meta, resume=True)
+    decode_problems(model, params, codec, prefix, problems, indices=indices,
+                    batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                    writer=writer, progress=config.progress, desc=desc, mesh=mesh)
+    writer.close()
+    return open_store(directory)
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def run(config: ThinkToTalkConfig) -> dict:
+    """Decode, export, probe, patch, plot and report. Returns the metrics."""
+    from jaxreason.models.generate import prefill_prefix
+    from jaxreason.studies.ttt_report import task_figures, patch_figures, write_report
+
+    t0 = time.perf_counter()
+    out = Path(config.run_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    model, params, codec, train_metrics = load_model(config)
+    L = model.config.num_layers
+    indices = hidden_indices(L, config.layer_step)
+    # bad patch positions fail now, not after an hour of decoding
+    pairs = fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs) if config.patches else []
+    patched_tokens = {p.name: ttt_patching.check_patch_positions(codec, pairs, p.start, p.end,
+                                                                 p.expect)
+                      for p in config.patches}
+    mesh, params = _mesh(config, model, params)
+    settings = config.probe.settings()
+    sizes = {"test": config.test_size, "probing_train": config.probing_train_size}
+    metrics: dict = {"mode": config.mode, "layers": list(indices), "num_layers": L,
+                     "probes": list(config.probe.probes), "threshold": config.probe.threshold,
+                     "train": train_metrics, "tasks": {}, "patching": {}, "figures": []}
+    rows: list[dict] = []
+    kept_probes = {}
+    for task in config.tasks:
+        splits = fm.make_splits(task, sizes)
+        prompt_ids = codec.encode(_prompt(config, task, splits))
+        prefix = prefill_prefix(model, params, prompt_ids)
+        meta = {"task": task, "prompt_tokens": len(prompt_ids), "model": config.model_path or "embedded"}
+        stores = {split: _export(config, model, params, codec, prefix, splits[split],
+                                 out / "states" / task / split, indices, mesh,
+                                 f"{task} {split}", {**meta, "split": split})
+                  for split in ("probing_train", "test")}
+        answers = {s: fm.answers_array(splits[s]) for s in stores}
+        fitted = ttt_probing.fit_task_probes(stores["probing_train"], answers["probing_train"],
+                                             config.probe.probes, settings, config.progress,
+                                             f"{task} probes", config.probe_train_on)
+        acc = ttt_probing.evaluate_task_probes(fitted, stores["test"], answers["test"], config.mode)
+        src_len = len(codec.encode(splits["test"][0].source))
+        tokens = _position_tokens(codec, stores["probing_train"], fitted.positions)
+        chance = chance_accuracy(answers["test"])
+        rows += ttt_probing.result_rows(acc, tokens, config.mode, task, chance)
+        summary = _task_summary(config, task, stores, acc, fitted, tokens, chance, src_len,
+                                indices, len(prompt_ids))
+        metrics["tasks"][task] = summary
+        metrics["figures"] += [p.name for p in task_figures(out, task, acc, indices, tokens,
+                                                             chance, src_len, config)]
+        if task == "2step":
+            kept_probes = {"probes": fitted, "test_accuracy": acc, "tokens": tokens,
+                           "chance": chance, "splits": splits, "prefix": prefix,
+                           "source_length": src_len}
+    if config.patches:
+        metrics["patching"] = _patching(config, model, params, codec, kept_probes, pairs,
+                                        patched_tokens, indices, mesh, out, rows)
+        metrics["figures"] += [p.name for p in patch_figures(out, metrics["patching"],
+                                                             kept_probes, config)]
+    _write_jsonl(out / "probe_results.jsonl", rows)
+    metrics["seconds"] = time.perf_counter() - t0
+    metrics["summary"] = {"mode": config.mode,
+                          "test_accuracy": {t: v["test_accuracy"] for t, v in metrics["tasks"].items()},
+                          **{f"patch {k}": {a: v[a] for a in ("base_accuracy", "accuracy",
+                                                              "intervention_accuracy")}
+                             for k, v in metrics["patching"].items()},
+                          "seconds": round(metrics["seconds"], 1)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_report(out / "report.md", metrics, config)
+    return metrics
+
+
+def _position_tokens(codec, store, positions: int) -> list[str]:
+    """The token at every probed position of the first training row of the probed length."""
+    row = int(np.argmax(store.lengths() >= positions))
+    return codec.token_strings(store.tokens()[row, :positions])
+
+
+def _task_summary(config, task, stores, acc, fitted, tokens, chance, src_len, indices,
+                  prompt_len) -> dict:
+    test_correct = stores["test"].extra("correct").astype(bool)
+    train_correct = stores["probing_train"].extra("correct").astype(bool)
+    summary = {"test_accuracy": float(test_correct.mean()),
+               "probing_train_accuracy": float(train_correct.mean()),
+               "probe_train_rows": fitted.train_rows,
+               "test_rows_probed": int(len(test_correct) if config.mode == "faithful"
+                                       else test_correct.sum()),
+               "positions": fitted.positions, "source_length": src_len,
+               "prompt_tokens": prompt_len, "chance": chance.tolist(), "first_decodable": {},
+               "tokens": tokens}
+    for kind in config.probe.probes:
+        grid = np.stack([acc[(kind, i)] for i in indices])  # (layers, P, J)
+        summary[f"best_{kind}"] = grid.max(axis=(0, 1)).tolist()
+        for var in range(grid.shape[2]):
+            hit = ttt_probing.first_decodable(grid[:, :, var], config.probe.threshold)
+            if hit is not None:
+                hit["layer"] = int(indices[hit.pop("layer_row")])
+                hit["token"] = tokens[hit["position"]]
+                hit["before_cot"] = hit["position"] < src_len
+            summary["first_decodable"][f"{kind}/v{var}"] = hit
+            summary[f"{kind}_source_end_v{var}"] = float(grid[:, src_len - 1, var].max())
+    return summary
+
+
+def _patching(config, model, params, codec, kept, pairs, patched_tokens, indices, mesh,
+              out: Path, rows) -> dict:
+    """Every patch setting on the 2step counterfactual pairs; the patched states are scored
+    with the 2step probes against the edited problems' intermediate answers."""
+    edited_answers = fm.answers_array([p.edited for p in pairs])
+    results = {}
+    for setting in config.patches:
+        tokens = patched_tokens[setting.name]
+        directory = out / "states" / "patching" / setting.name
+        writer = ActivationWriter(directory, indices, model.config.hidden_size,
+                                  dtype=config.export_dtype, resume=True,
+                                  meta={"patch": dataclasses.asdict(setting)})
+        ttt_patching.run_patching(model, params, codec, kept["prefix"], pairs,
+                                  start_layer=setting.start_layer, start=setting.start,
+                                  end=setting.end, indices=indices, batch_size=config.batch_size,
+                                  max_new_tokens=config.max_new_tokens,
+                                  teacher_force=setting.teacher_force, writer=writer,
+                                  progress=config.progress, desc=setting.name, mesh=mesh)
+        writer.close()
+        store = open_store(directory)
+        summary = ttt_patching.summarize((), store)
+        acc = ttt_probing.evaluate_task_probes(kept["probes"], store, edited_answers, "faithful")
+        rows += ttt_probing.result_rows(acc, kept["tokens"], config.mode, "2step",
+                                        kept["chance"], condition=f"patched:{setting.name}")
+        summary.update({"setting": dataclasses.asdict(setting), "patched_tokens": tokens,
+                        "probe_accuracy": {f"{k}/{i}": a.tolist() for (k, i), a in acc.items()}})
+        results[setting.name] = summary
+    return results

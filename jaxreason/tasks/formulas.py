@@ -1,0 +1,345 @@
+"""Multi-step arithmetic formulas for the Think-to-Talk study (Kudo et al., spec
+``shared/specs/think_to_talk.md`` §2).
+
+A problem defines variables by formulas over single digits (``o = 4 + 5``, ``z = 0 + o``)
+and asks for the last-defined one. The model answers with a chain of thought that resolves
+the query depth first; the values of the variables (in definition order) are the probe
+targets ("intermediate answers").
+
+Configs: ``1step``, ``2step``, ``3step``, ``2step_distractor``, ``2step_in_order`` (2step's
+problems shown in definition order) and ``general_3formulas`` (random 3-formula
+compositions with shuffled display, the pool of the 50-shot general prompt).
+
+Everything is a pure function of the seeds: each split draws from its own
+``random.Random(seed)`` (train 42, valid 43, test 44, probing 45, edit pairs 44), so nothing
+depends on Python's hash seed. The original sorted candidates by ``hash`` and needed
+``PYTHONHASHSEED=0``; its exact problems are therefore not reproducible, its distributions
+and formats are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Iterable, Sequence
+
+import numpy as np
+
+CONFIGS = ("1step", "2step", "3step", "2step_distractor", "2step_in_order")
+ALL_CONFIGS = CONFIGS + ("general_3formulas",)
+SPLIT_SEEDS = {"train": 42, "valid": 43, "test": 44, "probing_train": 45}
+SPLIT_SIZES = {"train": 100, "valid": 2000, "test": 2000, "probing_train": 10000}
+SPLIT_EXCLUDES = {"train": (), "valid": ("train",), "test": ("train", "valid"),
+                  "probing_train": ("train", "valid", "test")}
+EDIT_SEED, EDIT_SIZE = 44, 2000
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+LOW, HIGH = 0, 9  # every value in a problem, its answers and its CoT
+
+
+@dataclasses.dataclass(frozen=True)
+class Formula:
+    """``var = left [op right]``; operands are ints (literals) or variable names."""
+
+    var: str
+    left: int | str
+    op: str | None = None  # "+", "-" or None (a plain substitution)
+    right: int | str | None = None
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(x for x in (self.left, self.right) if isinstance(x, str))
+
+    def text(self, env: dict | None = None) -> str:
+        """The formula with the variables in ``env`` substituted."""
+        env = env or {}
+        show = lambda x: str(env.get(x, x)) if isinstance(x, str) else str(x)  # noqa: E731
+        rhs = show(self.left) if self.op is None else f"{show(self.left)} {self.op} {show(self.right)}"
+        return f"{self.var} = {rhs}"
+
+    def value(self, env: dict) -> int:
+        get = lambda x: env[x] if isinstance(x, str) else x  # noqa: E731
+        a = get(self.left)
+        if self.op is None:
+            return a
+        return a + get(self.right) if self.op == "+" else a - get(self.right)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Formulas in definition order, the display order, and the config's answer variables."""
+
+    config: str
+    formulas: tuple[Formula, ...]
+    display: tuple[int, ...]  # indices into formulas, in the order they are shown
+
+    @property
+    def query(self) -> str:
+        return self.formulas[-1].var
+
+    @property
+    def values(self) -> dict[str, int]:
+        env: dict[str, int] = {}
+        for f in self.formulas:
+            env[f.var] = f.value(env)
+        return env
+
+    @property
+    def intermediate_answers(self) -> tuple[int, ...]:
+        """The probe targets: every variable's value, in definition order."""
+        env = self.values
+        return tuple(env[f.var] for f in self.formulas)
+
+    @property
+    def passage(self) -> str:
+        return ", ".join(self.formulas[i].text() for i in self.display)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What the exclusions compare: (passage, question)."""
+        return (self.passage, f"{self.query} =")
+
+    @property
+    def source(self) -> str:
+        return f"{char_format(self.passage)} ; {char_format(self.query + ' =')}?"
+
+    @property
+    def cot(self) -> list[str]:
+        return backtracking_cot(self.formulas, self.query)
+
+    @property
+    def target(self) -> str:
+        return " " + char_format(" , ".join(self.cot)) + "\n"
+
+    @property
+    def answer(self) -> int:
+        return self.intermediate_answers[-1]
+
+
+def char_format(text: str) -> str:
+    """Delete every space, then put one space between every pair of characters."""
+    return " ".join(text.replace(" ", ""))
+
+
+def backtracking_cot(formulas: Sequence[Formula], query: str) -> list[str]:
+    """The gold chain of thought: depth-first resolution of ``query``.
+
+    Write a variable's formula; if it references variables, resolve them first (the last
+    reference first, as a stack would pop it), then write the formula again, substitute the
+    references one at a time and finish with ``v = value``. A formula of literals is
+    followed by its value unless it already is a single number."""
+    by_var = {f.var: f for f in formulas}
+    env: dict[str, int] = {}
+    lines: list[str] = []
+
+    def resolve(var: str) -> None:
+        f = by_var[var]
+        lines.append(f.text())
+        if f.refs:
+            for ref in reversed(f.refs):
+                if ref not in env:
+                    resolve(ref)
+            lines.append(f.text())
+            shown: dict[str, int] = {}
+            for ref in f.refs:
+                shown[ref] = env[ref]
+                lines.append(f.text(shown))
+        env[var] = f.value(env)
+        if f.op is not None:
+            lines.append(f"{var} = {env[var]}")
+
+    resolve(query)
+    return lines
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def _num(rng: random.Random) -> int:
+    return rng.randint(LOW, HIGH)
+
+
+def _op(rng: random.Random) -> str:
+    return rng.choice("+-")
+
+
+def _template(config: str, rng: random.Random, names: list[str]) -> tuple[list[Formula], tuple]:
+    """Formulas (definition order) and display order of one draw of ``config``."""
+    if config == "1step":
+        v0, v1 = names[:2]
+        fs = [Formula(v0, _num(rng)), Formula(v1, _num(rng), _op(rng), v0)]
+    elif config in ("2step", "2step_in_order"):
+        v0, v1 = names[:2]
+        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), v0)]
+    elif config == "3step":
+        v0, v1, v2 = names[:3]
+        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), v0),
+              Formula(v2, _num(rng), _op(rng), v1)]
+    elif config == "2step_distractor":
+        v0, v1, v2 = names[:3]
+        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), _num(rng)),
+              Formula(v2, _num(rng), _op(rng), v1)]
+    elif config == "general_3formulas":
+        fs = []
+        for i, var in enumerate(names[:3]):
+            kinds = ["num", "numnum"] + (["var", "varnum", "numvar"] if i else [])
+            kind = rng.choice(kinds)
+            prev = rng.choice([f.var for f in fs]) if i else None
+            fs.append({"num": lambda: Formula(var, _num(rng)),
+                       "var": lambda: Formula(var, prev),
+                       "numnum": lambda: Formula(var, _num(rng), _op(rng), _num(rng)),
+                       "varnum": lambda: Formula(var, prev, _op(rng), _num(rng)),
+                       "numvar": lambda: Formula(var, _num(rng), _op(rng), prev)}[kind]())
+        order = list(range(3))
+        rng.shuffle(order)
+        return fs, tuple(order)
+    else:
+        raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
+    n = len(fs)
+    order = tuple(range(n)) if config == "2step_in_order" else tuple(reversed(range(n)))
+    return fs, order
+
+
+def in_range(problem: Problem) -> bool:
+    """The NumberRangeConstraint: every value (literals and results) lies in [0, 9]."""
+    env: dict[str, int] = {}
+    for f in problem.formulas:
+        for x in (f.left, f.right):
+            if isinstance(x, int) and not LOW <= x <= HIGH:
+                return False
+        env[f.var] = f.value(env)
+        if not LOW <= env[f.var] <= HIGH:
+            return False
+    return True
+
+
+def sample_problem(config: str, rng: random.Random) -> Problem:
+    """One problem of ``config`` that satisfies the constraint (rejection sampling)."""
+    base = "2step" if config == "2step_in_order" else config
+    while True:
+        names = rng.sample(LETTERS, 3)
+        fs, order = _template(base, rng, names)
+        if config == "2step_in_order":
+            order = tuple(range(len(fs)))
+        p = Problem(config, tuple(fs), order)
+        if in_range(p):
+            return p
+
+
+def sample_problems(config: str, n: int, seed: int, exclude: Iterable = (),
+                    max_tries: int | None = None) -> list[Problem]:
+    """``n`` distinct problems whose (passage, question) is not in ``exclude``.
+
+    ``2step_in_order`` draws 2step's problems (same seeds, same problems) and shows them in
+    definition order; exclusions then compare the 2step keys."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    base = "2step" if config == "2step_in_order" else config
+    seen = set(exclude)
+    out: list[Problem] = []
+    tries, limit = 0, max_tries or 200 * n + 1000
+    while len(out) < n:
+        tries += 1
+        if tries > limit:
+            raise ValueError(f"{config}: only {len(out)} of {n} distinct problems after {limit} "
+                             "draws; the exclusions leave too few")
+        p = sample_problem(base, rng)
+        if p.key in seen:
+            continue
+        seen.add(p.key)
+        out.append(Problem(config, p.formulas, tuple(range(len(p.formulas))))
+                   if config == "2step_in_order" else p)
+    return out
+
+
+def make_splits(config: str, sizes: dict | None = None) -> dict[str, list[Problem]]:
+    """train / valid / test / probing_train with the spec's seeds, sizes and exclusions."""
+    if config not in ALL_CONFIGS:
+        raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
+    sizes = {**SPLIT_SIZES, **(sizes or {})}
+    unknown = sorted(set(sizes) - set(SPLIT_SIZES))
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; known: {list(SPLIT_SIZES)}")
+    splits: dict[str, list[Problem]] = {}
+    for name in SPLIT_SIZES:
+        exclude = {p.key if config != "2step_in_order" else _as_2step(p).key
+                   for other in SPLIT_EXCLUDES[name] for p in splits[other]}
+        splits[name] = sample_problems(config, sizes[name], SPLIT_SEEDS[name], exclude)
+    return splits
+
+
+def _as_2step(p: Problem) -> Problem:
+    return Problem("2step", p.formulas, tuple(reversed(range(len(p.formulas)))))
+
+
+def few_shot_prompt(train: Sequence[Problem], shots: int = 3) -> str:
+    """source+target of the first ``shots`` train problems, concatenated (no instruction)."""
+    if len(train) < shots:
+        raise ValueError(f"few-shot prompt needs {shots} train problems, got {len(train)}")
+    return "".join(p.source + p.target for p in train[:shots])
+
+
+def general_prompt(shots: int = 50) -> str:
+    """The 50-shot general prompt: the first ``shots`` problems of the general train set."""
+    return few_shot_prompt(sample_problems("general_3formulas", max(shots, 100),
+                                           SPLIT_SEEDS["train"]), shots)
+
+
+# ----------------------------------------------------------------------------- edit pairs
+
+@dataclasses.dataclass(frozen=True)
+class EditPair:
+    """A 2step problem and its counterfactual: v0's second operand changed."""
+
+    base: Problem
+    edited: Problem
+
+
+def edit_second_operand(problem: Problem, rng: random.Random) -> Problem | None:
+    """Change v0's right operand to another value that keeps every value in range (None when
+    no other value does)."""
+    v0 = problem.formulas[0]
+    choices = []
+    for value in range(LOW, HIGH + 1):
+        if value == v0.right:
+            continue
+        cand = Problem(problem.config, (dataclasses.replace(v0, right=value),) + problem.formulas[1:],
+                       problem.display)
+        if in_range(cand):
+            choices.append(cand)
+    return rng.choice(choices) if choices else None
+
+
+def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED,
+                    exclude: Iterable = ()) -> list[EditPair]:
+    """``n`` (base, edited) 2step pairs; both avoid ``exclude`` (train and valid keys)."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out: list[EditPair] = []
+    while len(out) < n:
+        base = sample_problem("2step", rng)
+        if base.key in seen:
+            continue
+        edited = edit_second_operand(base, rng)
+        if edited is None or edited.key in seen:
+            continue
+        assert len(base.source) == len(edited.source)
+        seen.add(base.key)
+        out.append(EditPair(base, edited))
+    return out
+
+
+def edit_pairs_for(splits: dict[str, list[Problem]], n: int = EDIT_SIZE) -> list[EditPair]:
+    """The spec's ``test_2step_v2_edit``: excluded from train and valid (not from test or
+    probing_train: the original's overlap, kept)."""
+    exclude = {p.key for name in ("train", "valid") for p in splits[name]}
+    return make_edit_pairs(n, EDIT_SEED, exclude)
+
+
+def answers_array(problems: Sequence[Problem]) -> np.ndarray:
+    """(N, J) intermediate answers."""
+    return np.asarray([p.intermediate_answers for p in problems], np.int32)
+
+
+def exact_match(generated: str, problem: Problem) -> bool:
+    """The original's scoring: the generated text equals the gold CoT, spaces deleted."""
+    return generated.replace(" ", "").strip("\n") == problem.target.replace(" ", "").strip("\n")
