@@ -176,13 +176,21 @@ def _prompt(config: ThinkToTalkConfig, task: str, splits) -> str:
 def _export(config, model, params, codec, prefix, problems, directory: Path, indices, mesh,
             desc: str, meta: dict):
     """Decode ``problems`` into a store at ``directory`` (resuming a killed export)."""
-    writer = ActivationWriter(directory, indices, model.config.hidden_size,
-                              dtype=config.export_dtype, meta=meta, resume=True)
+    writer = _open_writer(directory, indices, model.config.hidden_size, config.export_dtype, meta)
     decode_problems(model, params, codec, prefix, problems, indices=indices,
                     batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
                     writer=writer, progress=config.progress, desc=desc, mesh=mesh)
     writer.close()
     return open_store(directory)
+
+
+def _open_writer(directory: Path, indices, width: int, dtype: str, meta: dict):
+    """A resuming writer; an export left by other weights or settings is refused with advice."""
+    try:
+        return ActivationWriter(directory, indices, width, dtype=dtype, meta=meta, resume=True)
+    except ValueError as e:
+        raise ValueError(f"{e}\n{directory} holds states from another model or other settings; "
+                         "set a new run_dir or delete that folder to export again") from None
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -210,6 +218,7 @@ def run(config: ThinkToTalkConfig) -> dict:
                                                                  p.expect)
                       for p in config.patches}
     mesh, params = _mesh(config, model, params)
+    fingerprint = weights_fingerprint(params)
     settings = config.probe.settings()
     sizes = {"test": config.test_size, "probing_train": config.probing_train_size}
     metrics: dict = {"mode": config.mode, "layers": list(indices), "num_layers": L,
@@ -221,10 +230,12 @@ def run(config: ThinkToTalkConfig) -> dict:
         splits = fm.make_splits(task, sizes)
         prompt_ids = codec.encode(_prompt(config, task, splits))
         prefix = prefill_prefix(model, params, prompt_ids)
-        meta = {"task": task, "prompt_tokens": len(prompt_ids), "model": config.model_path or "embedded"}
+        meta = {"task": task, "prompt_tokens": len(prompt_ids), "model": config.model_path or "embedded",
+                "weights": fingerprint, "max_new_tokens": config.max_new_tokens}
         stores = {split: _export(config, model, params, codec, prefix, splits[split],
                                  out / "states" / task / split, indices, mesh,
-                                 f"{task} {split}", {**meta, "split": split})
+                                 f"{task} {split}",
+                                 {**meta, "split": split, "problems": len(splits[split])})
                   for split in ("probing_train", "test")}
         answers = {s: fm.answers_array(splits[s]) for s in stores}
         fitted = ttt_probing.fit_task_probes(stores["probing_train"], answers["probing_train"],
@@ -260,6 +271,17 @@ def run(config: ThinkToTalkConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(out / "report.md", metrics, config)
     return metrics
+
+
+def weights_fingerprint(params) -> str:
+    """A short digest of the weights, stored with every export: resuming an export written by
+    other weights (a retrained embedded model in the same run_dir) is refused, not mixed."""
+    import hashlib
+
+    leaves = jax.tree_util.tree_leaves(params)
+    sums = [float(jax.numpy.sum(jax.numpy.abs(x.astype(jax.numpy.float32)))) for x in leaves]
+    text = ",".join(f"{v:.6g}" for v in sums)  # 6 digits: stable across reduction orders
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _position_tokens(codec, store, positions: int) -> list[str]:
@@ -303,9 +325,9 @@ def _patching(config, model, params, codec, kept, pairs, patched_tokens, indices
     for setting in config.patches:
         tokens = patched_tokens[setting.name]
         directory = out / "states" / "patching" / setting.name
-        writer = ActivationWriter(directory, indices, model.config.hidden_size,
-                                  dtype=config.export_dtype, resume=True,
-                                  meta={"patch": dataclasses.asdict(setting)})
+        writer = _open_writer(directory, indices, model.config.hidden_size, config.export_dtype,
+                              {"patch": dataclasses.asdict(setting),
+                               "weights": weights_fingerprint(params), "pairs": len(pairs)})
         ttt_patching.run_patching(model, params, codec, kept["prefix"], pairs,
                                   start_layer=setting.start_layer, start=setting.start,
                                   end=setting.end, indices=indices, batch_size=config.batch_size,

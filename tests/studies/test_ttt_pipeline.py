@@ -176,3 +176,18 @@ def test_killed_export_resumes_to_the_same_store(setup, tmp_path):
     np.testing.assert_array_equal(a.tokens(), b.tokens())
     np.testing.assert_array_equal(a.layer(2), b.layer(2))
     np.testing.assert_array_equal(a.extra("correct"), b.extra("correct"))
+
+
+def test_exports_record_which_weights_wrote_them(setup, tmp_path):
+    """A retrained model must not resume another model's export: the study stores a weights
+    digest in the export's meta, and the store refuses a different one."""
+    from jaxreason.studies.think_to_talk import weights_fingerprint
+
+    _, model, params, *_ = setup
+    same = weights_fingerprint(params)
+    assert same == weights_fingerprint({k: v for k, v in params.items()})
+    moved = {**params, "norm": {k: v * 1.01 for k, v in params["norm"].items()}}
+    assert weights_fingerprint(moved) != same
+    ActivationWriter(tmp_path / "s", (0,), 4, meta={"weights": same}).close()
+    with pytest.raises(ValueError, match="differs from the given meta"):
+        ActivationWriter(tmp_path / "s", (0,), 4, meta={"weights": weights_fingerprint(moved)})
