@@ -253,8 +253,7 @@ def run(config: ThinkToTalkConfig) -> dict:
                                                              chance, src_len, config)]
         if task == "2step":
             kept_probes = {"probes": fitted, "test_accuracy": acc, "tokens": tokens,
-                           "chance": chance, "splits": splits, "prefix": prefix,
-                           "source_length": src_len}
+                           "chance": chance, "prefix": prefix}
     if config.patches:
         metrics["patching"] = _patching(config, model, params, codec, kept_probes, pairs,
                                         patched_tokens, indices, mesh, out, rows)
