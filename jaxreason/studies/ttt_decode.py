@@ -84,12 +84,12 @@ def decode_batch(model, params, codec: TextCodec, prefix, problems: Sequence[Pro
     forced_text = [codec.decode(ids[r, s:]) for r in range(n)]
     texts = [forced_text[r] + codec.decode(generated[r, :n_gen[r]]) for r in range(n)]
     correct = np.asarray([exact_match(txt, p) for txt, p in zip(texts, problems)])
-    captured = {i: np.asarray(jax.device_get(out.captured[h]))[:n] for i, h in hooks.items()}
-    states = {i: captured[i][:, :width].astype(np.float32) for i in indices}
+    # every row, padding included: the patched run of a batch is padded the same way
+    captured = {i: np.asarray(jax.device_get(out.captured[h])) for i, h in hooks.items()}
+    states = {i: captured[i][:n, :width].astype(np.float32) for i in indices}
     for i in indices:  # zero what lies past each row's end: never trusted, never stored
         states[i][np.arange(width)[None, :] >= lengths[:, None]] = 0.0
-    # every row, padding included: the patched run of a batch is padded the same way
-    source = {i: np.asarray(jax.device_get(out.captured[hooks[i]]))[:, :s] for i in source_indices}
+    source = {i: captured[i][:, :s] for i in source_indices}
     return BatchResult(texts, correct, generated, lengths, tokens, states, source)
 
 

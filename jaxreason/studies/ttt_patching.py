@@ -105,20 +105,19 @@ def run_patching(model, params, codec: TextCodec, prefix, pairs: Sequence[EditPa
         patched = decode_batch(model, params, codec, prefix, edit_p, indices=indices,
                                max_new_tokens=max_new_tokens, forced=forced_e,
                                interventions=edits, mesh=mesh, pad_to=batch_size)
-        for r, pair in enumerate(chunk):
-            row = {"pair": lo + r, "base_output": base.texts[r], "patched_output": patched.texts[r],
-                   "base_correct": bool(exact_match(base.texts[r], pair.base)),
-                   "patch_no_effect": bool(exact_match(patched.texts[r], pair.edited)),
-                   "patch_transferred": bool(exact_match(patched.texts[r], pair.base))}
-            rows.append(row)
+        # decode_batch scored each run against its own problem; only the carry-over is new
+        transferred = np.asarray([exact_match(t, p.base) for t, p in zip(patched.texts, chunk)])
+        for r in range(len(chunk)):
+            rows.append({"pair": lo + r, "base_output": base.texts[r],
+                         "patched_output": patched.texts[r],
+                         "base_correct": bool(base.correct[r]),
+                         "patch_no_effect": bool(patched.correct[r]),
+                         "patch_transferred": bool(transferred[r])})
         if writer is not None:
-            ok = np.asarray([exact_match(t, p.edited) for t, p in zip(patched.texts, chunk)])
             writer.write(patched.states, patched.tokens, patched.lengths,
-                         extra={"correct": ok, "generated": patched.generated,
+                         extra={"correct": patched.correct, "generated": patched.generated,
                                 "problem_index": np.arange(lo, lo + len(chunk)),
-                                "base_correct": base.correct,
-                                "transferred": np.asarray([exact_match(t, p.base) for t, p
-                                                           in zip(patched.texts, chunk)])})
+                                "base_correct": base.correct, "transferred": transferred})
         bar.update(len(chunk))
     bar.close()
     return {"rows": rows}

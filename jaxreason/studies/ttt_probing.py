@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreason.probe.linear import ProbeSettings, chance_accuracy, fit_probes, probe_accuracy
+from jaxreason.probe.linear import ProbeSettings, fit_probes, probe_accuracy
 
 
 @dataclasses.dataclass
@@ -127,4 +127,4 @@ def first_decodable(acc_grid: np.ndarray, threshold: float) -> dict | None:
 
 
 __all__ = ["LayerProbes", "fit_task_probes", "evaluate_task_probes", "result_rows",
-           "first_decodable", "training_rows", "chance_accuracy"]
+           "first_decodable", "training_rows"]
