@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 
 import jax
@@ -58,6 +57,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from bench_util import own_cpu_seconds
 from jaxreason.probe import linear as lp
 
 
@@ -94,17 +94,12 @@ def parse_args():
     return a
 
 
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
-    return r.ru_utime + r.ru_stime
-
-
 def timed(fn):
     """(result, wall seconds, busy cores) of one call."""
-    c0, t0 = cpu_seconds(), time.perf_counter()
+    c0, t0 = own_cpu_seconds(), time.perf_counter()
     out = fn()
     wall = time.perf_counter() - t0
-    return out, wall, (cpu_seconds() - c0) / max(wall, 1e-9)
+    return out, wall, (own_cpu_seconds() - c0) / max(wall, 1e-9)
 
 
 def make_data(n: int, P: int, J: int, d: int, signal: float, seed: int):

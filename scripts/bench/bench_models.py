@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -66,6 +65,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench_util import machine_cpu_seconds, own_cpu_seconds  # noqa: E402
 from jaxreason.models import count_params, load_pretrained  # noqa: E402
 from jaxreason.models.generate import generate  # noqa: E402
 
@@ -104,14 +104,7 @@ def timed_round_robin(fns: dict, repeats: int):
 
 def cpu_seconds():
     """(CPU seconds used by the whole machine, by this process); machine is None off Linux."""
-    own = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-    except OSError:
-        return None, own
-    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK"), own
+    return machine_cpu_seconds(), own_cpu_seconds()
 
 
 def build(name: str, directory: str, dev: str):

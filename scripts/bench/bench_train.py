@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +73,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_util import own_cpu_seconds  # noqa: E402
 from jaxreason import sharding as sh  # noqa: E402
 from jaxreason.models import GPT2Config, LlamaConfig, count_params, from_config  # noqa: E402
 from jaxreason.train import objectives  # noqa: E402
@@ -84,11 +84,6 @@ from jaxreason.train.optim import build_optimizer  # noqa: E402
 
 WARMUP, LR, CLIP = 2, 1e-4, 1.0
 MESHES = ("", "data=8", "fsdp=8", "data=2,fsdp=2,tensor=2")
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
-    return r.ru_utime + r.ru_stime
 
 
 def make_batch(vocab: int, b: int, t: int, seed: int = 0) -> dict:
@@ -123,10 +118,10 @@ class Timer:
         self.skip, self.wall, self.cpu = skip, [], []
 
     def __call__(self, fn):
-        c0, t0 = cpu_seconds(), time.perf_counter()
+        c0, t0 = own_cpu_seconds(), time.perf_counter()
         out = fn()
         self.wall.append(time.perf_counter() - t0)
-        self.cpu.append(cpu_seconds() - c0)
+        self.cpu.append(own_cpu_seconds() - c0)
         return out
 
     median = property(lambda self: statistics.median(self.wall[self.skip:]))

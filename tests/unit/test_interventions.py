@@ -236,8 +236,10 @@ def test_gradients_through_replace(lm):
     v0 = clean.captured[name][:, 2:3]
     base = jnp.stack([v0, v0 + 0.5 * jax.random.normal(jax.random.PRNGKey(2), v0.shape)])
     vals, grads = step(base)
-    # replacing with the run's own value: the clean loss
-    np.testing.assert_allclose(vals[0], jnp.sum(clean.logits[:, -1] * w), rtol=1e-5)
+    # replacing with the run's own value: the clean loss. The loss is a near-cancelling sum
+    # of B*V terms, so the bound follows the size of those terms, not of the total.
+    terms = np.asarray(clean.logits[:, -1] * w)
+    np.testing.assert_allclose(vals[0], terms.sum(), rtol=0, atol=1e-5 * np.abs(terms).sum())
     grads = np.asarray(grads)
     assert np.abs(grads).max() > 1e-2
     eps, top = 1e-3, np.argsort(-np.abs(grads).reshape(2, -1), axis=1)[:, :3]
