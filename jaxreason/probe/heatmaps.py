@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 from matplotlib import colors
 
-from jaxreason.probe.plots import new_figure, save_png
+from jaxreason.plotting import new_figure, save_png
 
 __all__ = ["plot_probe_heatmap", "plot_accuracy_by_position", "display_token"]
 

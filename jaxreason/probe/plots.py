@@ -22,25 +22,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colors
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+from jaxreason.plotting import new_figure, save_png
 
 __all__ = ["plot_attention_grid", "plot_entropy_heatmap", "plot_masking_curves",
            "plot_layerwise"]
 
-
-def new_figure(figsize):
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def plot_attention_grid(matrix, row_labels: Sequence[str], title: str, path, center=None, *,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxreason.plotting import new_figure, save_png
+
 
 def plot_curves(rows: list[dict], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in rows]
     evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
     metric_names = sorted({k for r in evals for k in r if k.startswith("eval_") and k != "eval_loss"})
-    fig, axes = plt.subplots(1, 1 + bool(metric_names), figsize=(5 + 4 * bool(metric_names), 3.5))
+    fig = new_figure((5 + 4 * bool(metric_names), 3.5))
+    axes = fig.subplots(1, 1 + bool(metric_names))
     axes = axes if metric_names else [axes]
     axes[0].plot(steps, [r["loss"] for r in rows], label="train")
     if evals and "eval_loss" in evals[0]:
@@ -27,7 +25,4 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
     if metric_names:
         axes[1].set(xlabel="step", title="held-out metrics")
         axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
