@@ -330,8 +330,8 @@ def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED,
 
 
 def edit_pairs_for(splits: dict[str, list[Problem]], n: int = EDIT_SIZE) -> list[EditPair]:
-    """The original's ``test_2step_v2_edit`` (seed 44): excluded from train and valid (not from test or
-    probing_train: the original's overlap, kept)."""
+    """The original's ``test_2step_v2_edit`` (seed 44): excluded from train and valid (not
+    from test or probing_train: the original's overlap, kept)."""
     exclude = {p.key for name in ("train", "valid") for p in splits[name]}
     return make_edit_pairs(n, EDIT_SEED, exclude)
 
