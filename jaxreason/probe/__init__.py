@@ -19,6 +19,7 @@ and the position x layer heat maps.
 * :mod:`jaxreason.probe.heatmaps`: accuracy heat maps over position x layer.
 
 Every place where the original code has a quirk offers a ``faithful`` behaviour (reproduces
-it) and a ``fixed`` one; the module docstrings say which is which. The specification is
-``shared/specs/mechprobe.md`` and ``shared/specs/think_to_talk.md``.
+it) and a ``fixed`` one; the module docstrings say which is which. The originals are
+MechanisticProbe (Hou et al., 2023; github.com/yifan-h/MechanisticProbe) and Think-to-Talk
+(Kudo et al., arXiv 2412.01113; github.com/keitokudo/TTT).
 """

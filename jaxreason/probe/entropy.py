@@ -1,4 +1,5 @@
-"""Head entropies and head masks for the causal analysis (spec §5, §10o, §10p).
+"""Head entropies and head masks for MechanisticProbe's causal analysis (Hou et al., 2023;
+the original repository's ``stask/prune.py``).
 
 Pipeline: per-head last-query attention (N, L, H, S) from
 :func:`jaxreason.probe.features.last_query_attention`. :func:`attention_by_rank` averages it
@@ -10,7 +11,7 @@ first), and :func:`interventions_for_mask` turns the (L, H) 0/1 mask into
 
 Faithful / fixed choices:
 
-* Rank reindexing (§10p). **Faithful** (``dedupe=False``): key r = the position of the
+* Rank reindexing. **Faithful** (``dedupe=False``): key r = the position of the
   first occurrence of ``sorted(list)[r]``. A duplicated value repeats that position and the
   other copy's position is never read, so the reindexed row does not sum to 1.
   **Fixed** (``dedupe=True``): key r = ``argsort(list, kind="stable")[r]``. Every copy gets
@@ -20,7 +21,7 @@ Faithful / fixed choices:
   renormalised to sum 1 (which matters for the faithful by-rank rows), with 0·log 0 = 0 and
   natural logs, then divided by ln S, so 1 is uniform and 0 one-hot. A row that sums to 0
   gives NaN.
-* Number of heads (§10o). ``p = int(fraction * L * H)``, evaluated left to right as the
+* Number of heads. ``p = int(fraction * L * H)``, evaluated left to right as the
   original's ``int(d / 100 * L * H)``. **Faithful** masks ``p + 1`` heads (its ``while
   p_count <= p_num`` loop); **fixed** masks ``p``. Both are capped at L*H.
 * "low" policy. The original repeatedly takes the argmin of the entropies, breaking ties at

@@ -1,4 +1,4 @@
-"""Attention features of MechanisticProbe (spec §3a, §3b, §10.1, §10.4).
+"""Attention features of MechanisticProbe (Hou et al., 2023): GPT-2 and LLaMA probe inputs.
 
 The probe only ever reads the attention *rows of the prediction token(s)*, so this module
 never materialises a full T x T pattern outside the compiled program:
@@ -9,7 +9,7 @@ never materialises a full T x T pattern outside the compiled program:
     positions), and returns only the stacked rows, so XLA also drops the LM head. Batches
     are padded to a fixed size (one compile), and the result is exported to numpy.
 
-    Dropout (faithful random baseline, §3a/§10.4): HF's ``GPT2LMHeadModel(GPT2Config())`` is
+    Dropout (faithful random baseline): HF's ``GPT2LMHeadModel(GPT2Config())`` is
     in train mode, so its attention probabilities go through ``attn_dropout`` (p=0.1, torch
     semantics: zero with probability p, scale the survivors by 1/(1-p)) *before* they are
     mixed into the values and returned as ``attentions``. The same happens here through an
@@ -26,12 +26,12 @@ never materialises a full T x T pattern outside the compiled program:
     ``mlp.dropout``. Pass ``dropout_sites=HF_TRAIN_DROPOUT_SITES`` for the complete faithful
     baseline. These extra sites change the attention of later layers.
 
-:func:`gpt2_probe_features` (numpy, §3a)
+:func:`gpt2_probe_features` (numpy)
     Head mean per layer, transposed to [positions x layers], divided by the per-example
     global maximum: the 12-dim feature vector of every number. This is faithful; the original
     has no alternative to fix here.
 
-:func:`llama_statement_features` (numpy, §3b)
+:func:`llama_statement_features` (numpy)
     Given the attention of the query rows (question plus "True or False?") of one example,
     pool over query tokens (``"max"``, the LLaMA/ICL features; ``"mean"``, the faithful
     random-init baseline of ``ft_analysis``), take the mean over heads, average over each
@@ -64,7 +64,8 @@ __all__ = [
 # branches); pass as ``dropout_sites`` for the complete faithful random baseline.
 HF_TRAIN_DROPOUT_SITES = ("attn", "resid", "embd")
 
-# §3b: ProofWriter drops layers {17,18,20..27,29,30,31}; ARC drops 17..31 (0-based).
+# The original's LLaMA features: ProofWriter drops layers {17,18,20..27,29,30,31};
+# ARC drops 17..31 (0-based).
 PROOFWRITER_KEEP_LAYERS = tuple(list(range(17)) + [19, 28])
 ARC_KEEP_LAYERS = tuple(range(17))
 
@@ -188,7 +189,7 @@ def last_query_attention(model, params, tokens, batch_size: int = 256, query_pos
 # ----------------------------------------------------------------------------- GPT-2
 
 def gpt2_probe_features(attn) -> np.ndarray:
-    """Spec §3a feature matrices from last-query attention.
+    """The original's GPT-2 feature matrices from last-query attention.
 
     Args:
       attn: (N, L, H, S) from :func:`last_query_attention` (or a single (L, H, S)).
@@ -210,7 +211,7 @@ def gpt2_probe_features(attn) -> np.ndarray:
 # ----------------------------------------------------------------------------- LLaMA
 
 def statement_boundaries(prefix_len: int, statement_lens: Sequence[int]) -> np.ndarray:
-    """The original's approximate statement boundaries (spec §3b).
+    """The original's approximate statement boundaries.
 
     ``prefix_len`` is ``len(encode(icl_text))`` (0 for the demo-free random baseline);
     ``statement_lens[j]`` is ``len(encode(statement_j))``, each tokenised separately. The lengths
@@ -225,7 +226,7 @@ def statement_boundaries(prefix_len: int, statement_lens: Sequence[int]) -> np.n
 
 def llama_statement_features(attn_rows: Sequence, boundaries: Sequence, query_pool: str = "max",
                              keep_layers: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Spec §3b statement features, one (n_statements, n_kept_layers) array per example.
+    """The original's LLaMA statement features, one (n_statements, n_kept_layers) array per example.
 
     Args:
       attn_rows: per example, an (L, H, Q, S) array: the attention of the Q query rows (the

@@ -1,4 +1,4 @@
-"""PNG figures for the think-to-talk probes (spec §5, §7): accuracy over layer x position.
+"""PNG figures for the Think-to-Talk probes (Kudo et al.): accuracy over layer x position.
 
 Why these choices:
 

@@ -1,4 +1,4 @@
-"""kNN probes, splits, probing scores and P1/P2 rows (spec §3, §10.3, §10f, §10g).
+"""kNN probes, splits, probing scores and P1/P2 rows of MechanisticProbe (Hou et al., 2023).
 
 Everything here is numpy + scikit-learn on CPU; the features come from
 :mod:`jaxreason.probe.features` and the labels from the task modules (this module takes label
@@ -13,7 +13,7 @@ Splits:
 
 * :func:`knn_f1_two_fold_rows` (**faithful**, GPT-2). The rows are stacked example by
   example, but the split index is ``int(n_examples / 2)``, an *example* count, applied to
-  *rows* (§10f). With 1,024 examples of 16 rows each, fold A trains on 512 rows (32 examples)
+  *rows*. With 1,024 examples of 16 rows each, fold A trains on 512 rows (32 examples)
   and tests on the other 15,872; fold B is the reverse. The score is the mean of the two
   macro-F1s. A row split also lets two rows of one example sit on both sides.
 * :func:`knn_f1_by_example` (**fixed**). A seeded split of the *examples* into ``folds``
@@ -27,7 +27,7 @@ F1: ``average="macro"`` with ``zero_division=0``. This matches sklearn 0.24's "w
 which scores an ill-defined F1 as 0. For the faithful P2 labels (a 2-column indicator
 ``[1, is_answer]``), sklearn treats y as multilabel: the prediction is per column and macro-F1
 is the mean over columns. Column 0 is constant, so its F1 is 1 and the score is
-``(1 + F1_answer) / 2`` (§10g). The fixed P2 labels are the single binary ``is_answer``, and
+``(1 + F1_answer) / 2``. The fixed P2 labels are the single binary ``is_answer``, and
 macro-F1 there is the mean of the answer and non-answer F1s.
 
 Probing score: ``S = (F1_model - F1_rand) / (1 - F1_rand)`` (:func:`probing_score`). It is NaN
@@ -68,7 +68,7 @@ def _fit_score(X_tr, y_tr, X_te, y_te, p: int = 2, average: str = "macro") -> fl
 # ----------------------------------------------------------------------------- splits
 
 def knn_f1_two_fold_rows(X_rows, y_rows, n_examples: int) -> float:
-    """Faithful GPT-2 probe split (§3a, §10f): mean macro-F1 of two folds split at *row*
+    """Faithful GPT-2 probe split: mean macro-F1 of two folds split at *row*
     ``int(n_examples / 2)``.
 
     Args:
@@ -115,7 +115,7 @@ def knn_f1_by_example(X, y, example_ids, folds: int = 2, seed: int = 0, *, p: in
 
 
 def knn_f1_cv(X, y, cv: int = 5, p: int = 1) -> float:
-    """Faithful LLaMA probe (§3b): ``cross_val_score(KNN(8, distance, p), cv=cv,
+    """Faithful LLaMA probe: ``cross_val_score(KNN(8, distance, p), cv=cv,
     scoring="f1_macro").mean()``; stratified, unshuffled, row-level folds."""
     scores = cross_val_score(make_knn(p), np.asarray(X), np.asarray(y), cv=cv,
                              scoring="f1_macro")

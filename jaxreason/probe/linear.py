@@ -1,4 +1,4 @@
-"""Linear probes for Think-to-Talk (Kudo et al.; spec ``shared/specs/think_to_talk.md`` §5, §8).
+"""Linear probes for Think-to-Talk (Kudo et al., arXiv 2412.01113; github.com/keitokudo/TTT).
 
 One 10-way affine probe is fitted per (position p, intermediate variable j) of a layer. The
 original trains them one after another in PyTorch. Here all P*J probes of a layer train in a
@@ -9,14 +9,14 @@ time.
 
 Two kinds (:class:`ProbeSettings.kind`):
 
-* ``"sgd"`` (**faithful**, §5). Raw float32 features, no normalisation. PyTorch
+* ``"sgd"`` (**faithful**). Raw float32 features, no normalisation. PyTorch
   ``nn.Linear`` default init, i.e. weights and bias uniform in ±1/sqrt(d). Each probe's key is
   ``fold_in(fold_in(PRNGKey(seed), p), j)``, so it does not depend on how the probes are
   batched and the vmapped and looped fits start from identical weights. (The original draws
   from one torch RNG that advances probe to probe; that stream cannot be reproduced, only its
   distribution.) Loss: softmax cross-entropy averaged over the rows valid at p. Plain full-batch
   gradient descent ``W -= lr * grad`` for ``steps`` steps (10,000 at lr 1e-3 in the original).
-* ``"logreg"`` (**fixed / control**, §8 item 4). Plain GD at lr 1e-3 on unnormalised hidden
+* ``"logreg"`` (**fixed / control**). Plain GD at lr 1e-3 on unnormalised hidden
   states under-fits wherever the feature norms are large or small, so low accuracy could mean
   "not fitted" rather than "not there". The control standardises each feature per position
   over the valid training rows (population std; a near-constant feature gets scale 1, as in
@@ -32,7 +32,7 @@ Two kinds (:class:`ProbeSettings.kind`):
 Rows not valid at a position (the problem's sequence is shorter) get weight 0 in that probe's
 loss and are zeroed before fitting, so NaN padding cannot leak into the gradient. At
 evaluation (:func:`probe_accuracy`) such a row counts as wrong and stays in the denominator,
-as the original's NaN prediction does (§5, §8 item 3).
+as the original's NaN prediction does.
 """
 
 from __future__ import annotations
@@ -486,7 +486,7 @@ def probe_accuracy(probes: LinearProbes, X, y, valid=None) -> np.ndarray:
 
 def chance_accuracy(y_test, num_classes: int = 10) -> np.ndarray:
     """(J,) majority-class rate of each variable: the accuracy of always guessing the most
-    common value, the chance level the spec compares against (§2: ~0.18 / ~0.11 for 2step)."""
+    common value (on the original's 2step data about 0.18 for v0 and 0.11 for v1)."""
     y = _check_labels(y_test, None, num_classes)
     if y.shape[0] == 0:
         raise ValueError(f"y_test has shape {y.shape}; need at least one row")

@@ -1,4 +1,5 @@
-"""PNG figures for the MechanisticProbe study (spec §5, §6, §3a layer-wise).
+"""PNG figures for the MechanisticProbe study: head entropies and pruning curves, attention by
+size rank and by position, and layer-wise probe scores.
 
 The plots follow the original's conventions:
 

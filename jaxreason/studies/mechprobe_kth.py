@@ -8,10 +8,10 @@ jitted ``attn.hook_pattern`` captures, ``jaxreason.probe.knn`` runs the scikit-l
 
 Modes (every number in the report names the one that produced it):
 
-* ``faithful``: the original's quirks: the kNN row split at N/2 rows (bug f), the P2 label
-  with a constant column (g), the random baseline with dropout active (train mode), masking
-  p+1 heads (o), duplicate positions repeated in the size-rank view (p), the original's
-  probe sample drawn with Python's ``random`` after data generation.
+* ``faithful``: the original's quirks: the kNN split at row N/2 (an example count used as a
+  row index), the P2 label with a constant column, the random baseline with dropout active
+  (train mode), masking p+1 heads, duplicate positions repeated in the size-rank view, the
+  original's probe sample drawn with Python's ``random`` after data generation.
 * ``fixed``: examples split by example, a single binary P2 label, a dropout-free baseline,
   exactly p heads masked, duplicates given distinct ranks.
 """
@@ -212,9 +212,10 @@ LEAF_SLOT, ROOT_SLOT = 8, 12  # 0-based slots the original moved the two smalles
 
 
 def case_study(model, params, lists, vocab, mask, batch_size: int) -> dict:
-    """Spec §5.4: with the 40% lowest-H_pos heads masked, the head-averaged attention of the
-    last token over the heads left (per layer), on all lists and on duplicate-free lists with
-    the smallest number moved to slot 8 ("leaf") and the 2nd smallest to slot 12 ("root")."""
+    """The original's case study: with the 40% lowest-H_pos heads masked, the head-averaged
+    attention of the last token over the heads left (per layer), on all lists and on
+    duplicate-free lists with the smallest number moved to slot 8 ("leaf") and the 2nd
+    smallest to slot 12 ("root")."""
     def mean_over_kept(attn):  # (N, L, H, S) -> (L, S)
         kept = mask[None, :, :, None]
         return ((attn * kept).sum(2) / np.maximum(kept.sum(2), 1)).mean(0)

@@ -1,7 +1,8 @@
 """MechanisticProbe (Hou et al., 2023) with a Llama-family model on ProofWriter and ARC.
 
-Spec sections §3b (features), §4 (trees, sampling), §7 (corruption), §8 (prompts), §10.
-Shared pieces only are wired here: :mod:`jaxreason.tasks.proofwriter` (records, proofs,
+It follows the original repository's ``rtask/proofwriter_probe`` and ``rtask/arc_probe``
+(statement features, proof trees, probe sampling, prompts, the corruption experiment). Shared
+pieces only are wired here: :mod:`jaxreason.tasks.proofwriter` (records, proofs,
 labels, buckets), :mod:`jaxreason.probe.features` (span arithmetic, statement features),
 :mod:`jaxreason.probe.knn` (kNN CV, probing score), the hook runner's position capture.
 
@@ -15,13 +16,13 @@ so one program serves many examples.
 Modes (every number in ``metrics.json`` / ``report.md`` names the mode):
 
 * ``faithful``: feature demos from ``random.choices`` (with replacement), evaluator demos from
-  ``random.sample`` (different demos and prompt, bug l); statements concatenated with no
-  separator and " {question} True or False?"; spans from separate tokenisation with the
-  tokenizer's default special tokens plus the +1 shift (§3b); ProofWriter keeps layers
-  0-16, 19, 28 and ARC 0-16 (filtered to the model's depth); the random baseline takes the
-  *mean* over query tokens, all layers and no demo prefix (bug k); labels truncate
-  ``edges[:depth]`` (bug h); the ARC proof re-parse drops chain links (bug i); the pool
-  includes train records (bug m); corruption hits the first sentence (bug n).
+  ``random.sample`` (so the accuracy sees other demos and another prompt); statements
+  concatenated with no separator and " {question} True or False?"; spans from separate
+  tokenisation with the tokenizer's default special tokens plus the +1 shift; ProofWriter
+  keeps layers 0-16, 19, 28 and ARC 0-16 (filtered to the model's depth); the random baseline
+  takes the *mean* over query tokens, all layers and no demo prefix; labels truncate
+  ``edges[:depth]``; the ARC proof re-parse drops chain links; the pool includes train
+  records; corruption hits the first sentence (the original's selection loop never runs).
 * ``fixed``: one set of demos (sampled without replacement) for the evaluator and the
   features, and one prompt for both ("{statements joined by spaces} {question}: True or
   False?"), so the accuracy and the features come from one forward; exact spans from
@@ -29,13 +30,14 @@ Modes (every number in ``metrics.json`` / ``report.md`` names the mode):
   labels keep every edge; the pool excludes train; corruption hits a sentence outside the
   proof.
 
-Answer tokens (bug q): the original restricts the argmax to the hard-coded LLaMA-1 ids
+Answer tokens: the original restricts the argmax to the hard-coded LLaMA-1 ids
 [5852, 7700]. Ids differ per tokenizer, so both modes take the ids of "True"/"False" from the
 tokenizer (first token of ``encode(word, add_special_tokens=False)``); ``metrics.json`` records
 them next to the original's ids.
 
-Corruption (§7): counter ("That <sentence> is false"), shuffle (statement order) and noise
-(a sentence of another theory inserted) are all implemented. To keep the cost bounded, the
+Corruption: counter ("That <sentence> is false"), shuffle (statement order) and noise
+(a sentence of another theory inserted) are all implemented (the original's shuffle and
+noise are placeholders fixed at 0). To keep the cost bounded, the
 per-record forwards (clean and corrupted) are computed once for ``corrupt_pool`` records and
 the ``corrupt_iterations`` iterations resample subsets of them (the original re-runs every
 forward with fresh demos in each of its 1,024 iterations). Binning: 8 equal-width bins over
@@ -63,7 +65,7 @@ from jaxreason.probe.features import (ARC_KEEP_LAYERS, PROOFWRITER_KEEP_LAYERS,
                                       llama_statement_features, statement_boundaries)
 from jaxreason.tasks import proofwriter as pw
 
-ORIGINAL_ANSWER_IDS = (5852, 7700)  # llama.evaluator's hard-coded "True"/"False" (bug q)
+ORIGINAL_ANSWER_IDS = (5852, 7700)  # the original llama.evaluator's hard-coded "True"/"False"
 CORRUPTIONS = ("counter", "shuffle", "noise")
 
 
@@ -124,8 +126,9 @@ def feature_prompt(tok, record: dict, demos: list[dict], dataset: str, faithful:
                    texts: list[str] | None = None) -> FeaturePrompt:
     """The prompt of the attention features and its statement boundaries.
 
-    Faithful (§3b/§8): icl + statements with no separator + " {question} True or False?"
-    (ARC: " {question}"); boundaries from separate tokenisation, cumsum, +1 on the first.
+    Faithful (the original's feature prompt): icl + statements with no separator
+    + " {question} True or False?" (ARC: " {question}"); boundaries from separate
+    tokenisation, cumsum, +1 on the first.
     Fixed: statements joined by spaces + " {question}: True or False?"; boundary j is the
     token count of the prompt prefix ending before statement j (exact up to merges).
     """
@@ -275,7 +278,7 @@ def _probe(feats, labels) -> dict:
 
 def corrupt(sentences: list[str], kind: str, target: int | None, rng: random.Random,
             noise: str | None = None) -> list[str]:
-    """One corruption of a list of sentences (§7).
+    """One corruption of a list of sentences.
 
     counter: sentence ``target`` becomes "That <sentence> is false"; shuffle: the order is
     permuted; noise: ``noise`` is inserted before sentence ``target`` (random when None).
@@ -394,7 +397,7 @@ def run(config: MechProbeLlamaConfig) -> dict:
         feats = _features(pooled, fp.boundaries, "max", keep) if want_features else None
         if arc:
             hit = None
-        elif faithful:  # bug l: another prompt and other demos for the accuracy
+        elif faithful:  # the original: another prompt and other demos for the accuracy
             hit = evaluate(record, eval_demos())
         else:
             hit = int((choice[0] >= choice[1]) == bool(record["answer"]))
@@ -448,7 +451,8 @@ def run(config: MechProbeLlamaConfig) -> dict:
 
 def _corruption(config, data, faithful, rng, measure, baseline_features, evaluate,
                 eval_demos) -> dict:
-    """§7: accuracy change under counter / shuffle / noise, binned by S_P2."""
+    """The corruption experiment: accuracy change under counter / shuffle / noise, binned by
+    S_P2."""
     splits = ["test", "dev"] + (["train"] if faithful else [])
     pool = [r for s in splits for r in data[s].get("1", []) if "OR" not in r["proof"]]
     rng.shuffle(pool)
@@ -466,7 +470,7 @@ def _corruption(config, data, faithful, rng, measure, baseline_features, evaluat
         clean.append(hit)
         if faithful:
             sents = r["context"].split(". ")
-            target = 0  # bug n: the selection loop never runs
+            target = 0  # the original's selection loop compares text with ids and never runs
         else:
             ids = [sid for sid, _ in pw.statements(r)]
             sents = [t for _, t in pw.statements(r)]
@@ -502,7 +506,7 @@ def _corruption(config, data, faithful, rng, measure, baseline_features, evaluat
             v = v[np.isfinite(v)]
             dsum[k].append(float(v.mean()) if len(v) else float("nan"))
     return {"pool": n, "iterations": config.corrupt_iterations, "scratch": scratch,
-            "target": "first sentence (bug n)" if faithful else "a statement outside the proof",
+            "target": "first sentence (original)" if faithful else "a statement outside the proof",
             "acc": accs, "sp1": sp1s, "sp2": sp2s,
             **{f"corrupt_{k}": v for k, v in dsum.items()},
             "bins": _bin_summary(sp2s, accs, dsum, config.corrupt_bins, faithful)}

@@ -1,5 +1,6 @@
 """``report.md`` for the MechanisticProbe k-th smallest study: the trained model's probing
-scores beside the random baseline and the original's published artifacts (spec §9b)."""
+scores beside the random baseline and the figures the original repository committed (Hou et
+al., 2023, github.com/yifan-h/MechanisticProbe, its result PDFs under ``tmp/``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Spec §9b: the original's finetuned GPT-2 (min01), head-averaged last-token attention by
-# size rank per layer (decoded from its committed PDFs, +-0.01).
+# The original's finetuned GPT-2 (min01), head-averaged last-token attention by size rank per
+# layer (decoded from the result PDFs committed in the original repository, +-0.01).
 ORIGINAL_RANK_ATTENTION = {
     "1st smallest": [.07, .15, .26, .23, .19, .17, .14, .15, .15, .07, .07, .10],
     "2nd smallest (answer)": [.07, .13, .17, .14, .15, .12, .11, .09, .30, .28, .42, .11],
@@ -40,9 +41,9 @@ def write_report(path: Path, m: dict, config) -> Path:
         f"Probing scores S = (F1 - F1_random) / (1 - F1_random): **S_P1 = {_fmt(m['S_P1'])}**, "
         f"**S_P2 = {_fmt(m['S_P2'])}**.",
         "",
-        "## Against the original (spec §9b)",
+        "## Against the original",
         "",
-        "The paper's tables were not available (spec §9a: unverified); the original repository's "
+        "The paper's tables were not available to check against; the original repository's "
         "figures for min01 on GPT-2 small show layers 2-8 spreading attention over the two "
         "smallest numbers and layers 9-11 concentrating on the answer (up to .42), against a "
         "near-uniform 1/16 for the untrained model.",
@@ -78,7 +79,8 @@ def write_report(path: Path, m: dict, config) -> Path:
     size_auc = float(np.mean(masking["low size entropy"]))
     lines += ["", f"Mean accuracy over the curve: low position entropy {pos_auc:.3f}, low size "
               f"entropy {size_auc:.3f}. The original expects pruning low-H_pos heads to hurt "
-              "less than pruning low-H_size heads (spec §9b, unverified): "
+              "less than pruning low-H_size heads (its printed accuracies are not committed, so "
+              "this is unverified): "
               + ("that holds here." if pos_auc > size_auc else "that does not hold here."),
               f"Masking the 40% lowest-H_pos heads leaves accuracy "
               f"{_fmt(m['case_study_40pct_accuracy'])}.", "",

@@ -16,7 +16,7 @@ The study wires shared pieces together:
 Modes (every number in the outputs names the one that produced it):
 
 * ``faithful``: probes evaluated on every test problem, a missing position counting as
-  wrong (spec §8.3); the primary probe is the original's full-batch GD on raw features.
+  wrong (as in the original); the primary probe is the original's full-batch GD on raw features.
 * ``fixed``: probes evaluated on the solved test problems only (positions mean the same
   tokens as in training); the primary probe is standardised L2 logistic regression.
 
@@ -46,7 +46,7 @@ from jaxreason.train.config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class PatchSetting:
-    """One activation-patching configuration (spec §6): hidden indices >= ``start_layer``
+    """One activation-patching configuration (as the original's): hidden indices >= ``start_layer``
     at source positions ``start..end`` (inclusive); ``expect`` names the intended token at
     each position (or ``<edited>``, ``<query>``, ``<digit>``), checked against the tokenizer;
     ``teacher_force`` appends that many gold CoT tokens to the input."""
@@ -79,7 +79,7 @@ class ProbeSection:
 @dataclasses.dataclass(frozen=True)
 class ThinkToTalkConfig:
     """The study's settings. ``train`` trains the embedded model unless ``model_path`` names
-    a local HF checkpoint (then prompted few-shot, no BOS, as in the spec)."""
+    a local HF checkpoint (then prompted few-shot, no BOS, as in the original)."""
 
     study: Literal["think_to_talk"] = "think_to_talk"
     mode: Literal["faithful", "fixed"] = "fixed"

@@ -1,4 +1,4 @@
-"""Activation patching for Think-to-Talk (spec §6): does a state the model holds before its
+"""Activation patching for Think-to-Talk (Kudo et al.): does a state the model holds before its
 chain of thought decide the answer?
 
 Per batch of counterfactual pairs: a *base run* decodes the original problem and keeps its
@@ -38,8 +38,8 @@ def check_patch_positions(codec: TextCodec, pairs: Sequence[EditPair], start: in
     """Make sure positions ``start..end`` land on the intended tokens for this tokenizer.
 
     ``expect`` names one token per position (compared with surrounding spaces stripped), or
-    a placeholder from :data:`PLACEHOLDERS`. The original hard-coded Llama-3's positions for
-    every model (spec §8.2); a tokenizer that splits the source differently fails here, with
+    a placeholder from :data:`PLACEHOLDERS`. The original hard-coded Llama-3's positions
+    (13-14, 15-17) for every model; a tokenizer that splits the source differently fails here, with
     the source's tokens listed so the right positions can be read off. Returns sample 0's
     tokens at the positions."""
     base = encode_batch(codec, [p.base.source for p in pairs], "base source")

@@ -1,4 +1,4 @@
-"""Think-to-Talk probing stage (spec §5): one linear probe per (layer, position, variable),
+"""Think-to-Talk probing stage (Kudo et al.): one linear probe per (layer, position, variable),
 trained on exported states, evaluated on the test export.
 
 Training rows are the probe-training problems the model solved exactly; their states all
@@ -6,7 +6,7 @@ have the same length (the gold chain of thought has one length per config), whic
 probed positions. Evaluation:
 
 * ``faithful``: every test problem; a position past a problem's end counts as wrong, and a
-  longer wrong output is cut at the trained length (spec §8.3, kept).
+  longer wrong output is cut at the trained length (both as in the original).
 * ``fixed``: the test problems the model solved exactly, so position p is the same token in
   training and test rows; the number of rows is reported.
 

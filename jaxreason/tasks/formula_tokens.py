@@ -1,10 +1,11 @@
 """Token ids for the formula task: an embedded tokenizer and a wrapper for HF tokenizers.
 
-The embedded tokenizer reproduces how Llama-3's BPE splits the character-level format
-(spec §3): a letter or a symbol carries the space before it (``' o'``, ``' ='``, ``' ;'``),
-a digit does not (``' '``, ``'5'``), and ``'?'`` and ``'\\n'`` stand alone. Sources and
-targets therefore have the spec's token lengths (2step: 18 and 40) and the spec's patch
-positions (13-14, 15-17) mean the same tokens for the embedded model as for Llama-3.
+The embedded tokenizer reproduces how Llama-3's BPE splits the character-level format of
+Think-to-Talk (Kudo et al.): a letter or a symbol carries the space before it (``' o'``,
+``' ='``, ``' ;'``), a digit does not (``' '``, ``'5'``), and ``'?'`` and ``'\\n'`` stand alone.
+Sources and targets therefore have the original's token lengths (2step: 18 and 40) and the
+original's patch positions (13-14, 15-17) mean the same tokens for the embedded model as for
+Llama-3.
 
 Both tokenizers encode without special tokens: the original never adds a BOS.
 """

@@ -1,5 +1,5 @@
-"""Multi-step arithmetic formulas for the Think-to-Talk study (Kudo et al., spec
-``shared/specs/think_to_talk.md`` §2).
+"""Multi-step arithmetic formulas for the Think-to-Talk study (Kudo et al., arXiv 2412.01113;
+github.com/keitokudo/TTT).
 
 A problem defines variables by formulas over single digits (``o = 4 + 5``, ``z = 0 + o``)
 and asks for the last-defined one. The model answers with a chain of thought that resolves
@@ -252,7 +252,8 @@ def sample_problems(config: str, n: int, seed: int, exclude: Iterable = (),
 
 
 def make_splits(config: str, sizes: dict | None = None) -> dict[str, list[Problem]]:
-    """train / valid / test / probing_train with the spec's seeds, sizes and exclusions."""
+    """train / valid / test / probing_train with the original's seeds (42-45), sizes (100, 2,000,
+    2,000, 10,000) and exclusions (each split avoids the problems of the splits before it)."""
     if config not in ALL_CONFIGS:
         raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
     sizes = {**SPLIT_SIZES, **(sizes or {})}
@@ -329,8 +330,8 @@ def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED,
 
 
 def edit_pairs_for(splits: dict[str, list[Problem]], n: int = EDIT_SIZE) -> list[EditPair]:
-    """The spec's ``test_2step_v2_edit``: excluded from train and valid (not from test or
-    probing_train: the original's overlap, kept)."""
+    """The original's ``test_2step_v2_edit`` (seed 44): excluded from train and valid (not
+    from test or probing_train: the original's overlap, kept)."""
     exclude = {p.key for name in ("train", "valid") for p in splits[name]}
     return make_edit_pairs(n, EDIT_SEED, exclude)
 

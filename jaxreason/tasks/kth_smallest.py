@@ -1,4 +1,4 @@
-"""The k-th smallest task of MechanisticProbe (Hou et al. 2023; spec ``mechprobe.md`` §2, §3a).
+"""The k-th smallest task of MechanisticProbe (Hou et al., 2023).
 
 A row is a list of ``length`` (16) numbers drawn uniformly *with replacement* from a fixed
 number set; the model reads the list and must predict, at the last list position, the
@@ -29,7 +29,7 @@ every split, which the probe needs to label positions by size rank).
 
 This module also registers the objective ``last_token_double_softmax`` (the original's
 loss, faithful mode) and holds the duplicate-aware probe labels
-(:func:`useful_and_answer_labels`, spec §3a).
+(:func:`useful_and_answer_labels`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def number_set_from_tokenizer(tokenizer, size: int = DEFAULT_TOKENIZER_NUMBERS,
 
 
 def label_token_id(tokenizer, value: int) -> int:
-    """The answer token: the id of ``str(value)`` with no leading space (spec §2)."""
+    """The answer token: the id of ``str(value)`` with no leading space, as in the original."""
     ids = _input_ids(tokenizer, str(int(value)))
     if len(ids) != 1:
         raise ValueError(f"{value!r} is {len(ids)} tokens {ids}, not one")
@@ -306,7 +306,7 @@ def kth_smallest_task(seed: int, k: int = 1, rows: int = 100_000, numbers: int |
 # --------------------------------------------------------------------------- probe labels
 
 def useful_and_answer_labels(values: Sequence[int], k: int) -> tuple[np.ndarray, int]:
-    """Duplicate-aware probe labels of one list (spec §3a, the original ``label_generator``).
+    """Duplicate-aware probe labels of one list (the original's ``label_generator``).
 
     rank(x) = index of x's *first* occurrence in the sorted list, so duplicates share the
     lower rank and some ranks are skipped. For each target rank r = 0..k: when no element

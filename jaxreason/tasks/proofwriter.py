@@ -1,4 +1,4 @@
-"""ProofWriter and ARC (STREET) records for MechanisticProbe's Llama probes (spec §4, §8, §10).
+"""ProofWriter and ARC (STREET) records for MechanisticProbe's Llama probes (Hou et al., 2023).
 
 Reads the *processed* JSON format of the original's ``utils.preprocess_proofwriter`` /
 ``preprocess_arc`` (also the layout of the HF dataset ``yyyyifan/MechanisticProbe_ProofWriter_ARC``):
@@ -9,17 +9,18 @@ original's ``data_loader``; both ``<dir>`` and ``<dir>/CWA`` are accepted.
 
 Pieces:
 
-* :func:`get_proof_graph`: a parser for the PRover proof syntax, written from the spec's
-  description. ``(a b) -> r`` makes ``a`` and ``b`` children of ``r``; groups nest. The result
-  is ``(nodes in order of first appearance, child->parent edges)``; an edge that reverses an
-  earlier one is dropped. ``chain_links=False`` (faithful, bug i) reproduces PRover's loss of
-  chain links ``-> p1 -> p2``: only the first arrow after a parenthesised group makes edges.
+* :func:`get_proof_graph`: a parser for the PRover proof syntax, written anew (the original's
+  ``proofparser.get_proof_graph`` is a copy of PRover's). ``(a b) -> r`` makes ``a`` and ``b``
+  children of ``r``; groups nest. The result is ``(nodes in order of first appearance,
+  child->parent edges)``; an edge that reverses an earlier one is dropped.
+  ``chain_links=False`` (faithful) reproduces PRover's loss of chain links ``-> p1 -> p2``:
+  only the first arrow after a parenthesised group makes edges.
 * :func:`label_parser`: the P1 label per statement (1 when the statement is a proof node,
   before any truncation) and, for the useful statements, the P2 depth class. Faithful keeps
-  only ``edges[:depth]`` (bug h: with depth 1 the second premise of a two-premise proof
+  only ``edges[:depth]`` (with depth 1 the second premise of a two-premise proof
   becomes root-level); fixed keeps every edge and uses the proof's own height.
-* :func:`bucket_sample`: the probe sample of ``proofwriter_probe_analysis`` (§4) and its ARC
-  analogue.
+* :func:`bucket_sample`: the probe sample of the original's ``proofwriter_probe_analysis``
+  and its ARC analogue.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def load_dataset(data_dir) -> dict[str, dict[str, list[dict]]]:
 
 
 def statements(record: dict) -> list[tuple[str, str]]:
-    """``[(id, text), ...]``: triples first, then rules, in JSON order (spec §4)."""
+    """``[(id, text), ...]``: triples first, then rules, in JSON order, as in the original."""
     return list(record["triples"].items()) + list((record.get("rules") or {}).items())
 
 
@@ -99,7 +100,7 @@ def get_proof_graph(proof: str, chain_links: bool = True) -> tuple[list[str], li
 
     Args:
       proof: e.g. ``"[((triple1) -> rule1)]"`` or ``"(triple2 triple3) -> rule2"``.
-      chain_links: False reproduces PRover's parser (faithful, bug i): only the first arrow
+      chain_links: False reproduces PRover's parser (faithful): only the first arrow
         after a parenthesised group makes edges; ``(a) -> p1 -> p2`` loses ``p1 -> p2``.
     Returns:
       ``nodes`` in order of first appearance and ``edges`` as (child, parent) pairs.
@@ -180,9 +181,10 @@ def _longest_to_root(node: str, parents: dict[str, list[str]], roots: set[str],
 
 
 def label_length(bucket: int, dataset: str = "proofwriter") -> int:
-    """The label length ("depth") a bucket key stands for (bug s, §4): ProofWriter bucket 1
-    holds depth-0 records (length 0) and every other bucket length 1; ARC bucket 1 gives
-    length 0 and bucket 2 length 1 (key - 1, floored at 0)."""
+    """The label length ("depth") a bucket key stands for (the original reuses the bucket key
+    as the depth argument): ProofWriter bucket 1 holds depth-0 records (length 0) and every
+    other bucket length 1; ARC bucket 1 gives length 0 and bucket 2 length 1 (key - 1,
+    floored at 0)."""
     if dataset == "proofwriter":
         return 0 if int(bucket) == 1 else 1
     return max(int(bucket) - 1, 0)
@@ -194,7 +196,7 @@ def label_parser(record: dict, depth: int, faithful: bool = True, chain_links: b
     Args:
       record: a processed record.
       depth: the label length (faithful: from :func:`label_length`).
-      faithful: truncate the edges to ``edges[:depth]`` (bug h) and use ``depth`` as the
+      faithful: truncate the edges to ``edges[:depth]`` (as the original) and use ``depth`` as the
         class of the roots; fixed keeps every edge and uses the proof's own height.
       chain_links: passed to :func:`get_proof_graph` (default: ``not faithful``).
     Returns:
@@ -240,7 +242,7 @@ def bucket_sample(data: dict, dataset: str = "proofwriter", *, include_train: bo
                   cap: int | None = 1024, seed: int = 42, rng: random.Random | None = None,
                   buckets: Sequence[int] = PROOFWRITER_BUCKETS,
                   max_depth: int | None = None) -> dict[int, list[dict]]:
-    """The probe sample (spec §4): ``{bucket key: records}``.
+    """The probe sample of the original: ``{bucket key: records}``.
 
     ProofWriter: pool test+dev(+train) records of depth 0 and 1 without "OR", shuffle, keep
     proofs with at least ``depth + 1`` nodes, then depth 0 -> bucket 1 and depth 1 -> bucket
@@ -248,7 +250,8 @@ def bucket_sample(data: dict, dataset: str = "proofwriter", *, include_train: bo
     ARC: the same pool over depths ``<= max_depth`` (default 2), bucket = depth, no cap by
     default in the original (pass ``cap=None``).
 
-    ``include_train=False`` is the fixed mode's guard against demo/probe overlap (bug m).
+    ``include_train=False`` is the fixed mode's guard against demo/probe overlap (the original
+    pools train records, from which the in-context demos are also drawn).
     """
     rng = rng or random.Random(seed)
     splits = ["test", "dev"] + (["train"] if include_train else [])

@@ -32,9 +32,9 @@ thing; "max |dacc|" is the largest per-probe accuracy difference from the vmappe
 
 Data (synthetic, seed 0): y (N, J) uniform over 0..9; X standard normal, plus at positions
 p >= P * (j + 1) / (J + 1) the class mean ``--signal * M_j[y_j]`` (so variable j becomes
-decodable later in the sequence, as in the spec's CoT, and earlier positions sit at chance);
+decodable later in the sequence, as in a chain of thought, and earlier positions sit at chance);
 10% of the rows are shorter and miss the last 5 positions (``valid`` False). The test set
-has N / 2 rows. Defaults follow the spec's 2step shapes (57 positions, 2 variables) at a
+has N / 2 rows. Defaults follow Think-to-Talk's 2step shapes (57 positions, 2 variables) at a
 CPU-sized N and d.
 
     source /work/venv/bin/activate

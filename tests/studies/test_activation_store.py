@@ -1,4 +1,5 @@
-"""Activation store (think-to-talk §4 export) and its heat maps, on small random data."""
+"""Activation store (the Think-to-Talk residual-stream export) and its heat maps, on small
+random data."""
 
 from __future__ import annotations
 

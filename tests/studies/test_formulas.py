@@ -1,6 +1,5 @@
-"""The Think-to-Talk formula task (spec ``shared/specs/think_to_talk.md`` §2, §3, §6): the
-problem generator, the embedded tokenizer and HF wrapper, and the packed ``formulas``
-training task."""
+"""The Think-to-Talk formula task (Kudo et al., github.com/keitokudo/TTT): the problem
+generator, the embedded tokenizer and HF wrapper, and the packed ``formulas`` training task."""
 
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ from jaxreason.tasks.formulas import Formula, Problem
 SMALL = {"train": 12, "valid": 30, "test": 30, "probing_train": 60}
 N_FORMULAS = {"1step": 2, "2step": 2, "3step": 3, "2step_distractor": 3, "2step_in_order": 2,
               "general_3formulas": 3}
-# spec §3: source / target token lengths and 3-shot prompt lengths (Llama-3 = embedded).
+# The original's source / target token lengths and 3-shot prompt lengths under Llama-3's tokenizer
+# (the embedded tokenizer splits alike).
 LENGTHS = {"1step": (15, 32, 141), "2step": (18, 40, 174), "3step": (25, 67, 276),
            "2step_distractor": (26, 40, 198), "2step_in_order": (18, 40, 174)}
 TOK = FT.FormulaTokenizer()
@@ -48,7 +48,7 @@ def splits_1step():
 
 
 def _example_2step() -> Problem:
-    """z = 0 + o , o = 4 + 5 ; z =? (spec §2, §3)."""
+    """z = 0 + o , o = 4 + 5 ; z =? (the original's 2step example)."""
     return Problem("2step", (Formula("o", 4, "+", 5), Formula("z", 0, "+", "o")), (1, 0))
 
 
@@ -378,7 +378,7 @@ def test_edit_pairs(edit_pairs, splits_2step):
         assert F.in_range(b) and F.in_range(e)
         diff = [i for i, (x, y) in enumerate(zip(b.source, e.source)) if x != y]
         assert len(b.source) == len(e.source) and len(diff) == 1
-        assert diff == [20]  # the digit that is token 13 (spec §6's first patch position)
+        assert diff == [20]  # the digit that is token 13 (the original's first patch position)
         bt, et = TOK.encode(b.source), TOK.encode(e.source)
         assert len(bt) == len(et) == 18
         assert [i for i in range(18) if bt[i] != et[i]] == [13]

@@ -1,4 +1,4 @@
-"""The k-th smallest task (MechanisticProbe spec §2, §3a): number set, faithful lists, the
+"""The k-th smallest task (MechanisticProbe, Hou et al., 2023): number set, faithful lists, the
 duplicate-aware probe labels, the double-softmax objective and the registered dataset."""
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def test_useful_and_answer_labels_by_hand(values, k, useful, answer):
 
 
 def test_labels_equal_first_occurrences_of_the_k_plus_1_smallest():
-    """The net effect (spec §3a): the first occurrence of each distinct value among the k+1
-    smallest (with multiplicity); checked on many duplicate-heavy lists."""
+    """The net effect of the original's labels: the first occurrence of each distinct value
+    among the k+1 smallest (with multiplicity); checked on many duplicate-heavy lists."""
     rng = np.random.default_rng(0)
     lists = rng.integers(0, 8, size=(300, 16))
     for k in (0, 1, 3, 7):

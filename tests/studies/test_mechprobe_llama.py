@@ -102,7 +102,7 @@ def test_proof_parser():
     # an edge reversing an earlier one is dropped
     _, edges = pw.get_proof_graph("((triple1) -> rule1) ((rule1) -> triple1)")
     assert edges == [("triple1", "rule1")]
-    # chain links: kept when fixed, lost in PRover's parser (bug i)
+    # chain links: kept when fixed, lost in PRover's parser (as in the original)
     assert pw.get_proof_graph("(a b p0) -> p1 -> p2")[1] == [
         ("a", "p1"), ("b", "p1"), ("p0", "p1"), ("p1", "p2")]
     assert pw.get_proof_graph("(a b p0) -> p1 -> p2", chain_links=False)[1] == [
@@ -117,7 +117,7 @@ def test_labels_faithful_vs_fixed():
            "proof": "[((triple2 triple3) -> rule2)]"}
     p1, p2 = pw.label_parser(rec, 1, faithful=True)
     assert p1 == [0, 1, 1, 0, 1]
-    # edges[:1] keeps triple2 -> rule2 only: triple3 becomes a root (bug h)
+    # edges[:1] keeps triple2 -> rule2 only: triple3 becomes a root (as in the original)
     assert p2 == [0, 1, 1]
     p1f, p2f = pw.label_parser(rec, 1, faithful=False)
     assert p1f == p1 and p2f == [0, 0, 1]

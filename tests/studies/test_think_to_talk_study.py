@@ -101,7 +101,7 @@ def _char_tokenizer():
 
 def test_a_local_hf_checkpoint_runs_with_its_own_token_positions(tmp_path):
     """model_path: a HF Llama directory with its tokenizer. A character-level tokenizer puts
-    the edited digit at 20 (not Llama-3's 13): the spec's positions are refused with the
+    the edited digit at 20 (not Llama-3's 13): the original's positions are refused with the
     source's tokens listed, the right ones run."""
     import torch
     import transformers
