@@ -13,6 +13,7 @@ Every problem with a row is a :class:`RowError` naming the file, the 1-based lin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -97,3 +98,55 @@ def dataset_rows(path: Path, split: str | None, what: str) -> Iterator[tuple[int
 
 def context_for(path: Path) -> RowContext:
     return RowContext(path, unit="row" if path.is_dir() else "line")
+
+
+def _json_lines(path: Path, ctx: RowContext) -> Iterator[tuple[int, object]]:
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield line, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ctx.error(line, None, f"expected one JSON object per line ({e.msg} at "
+                                            f"column {e.colno})") from None
+
+
+def _json_list(text: str, ctx: RowContext) -> Iterator[tuple[int, object]]:
+    """The items of a top-level JSON list, each with the line it starts on."""
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    i = skip(skip(0) + 1)   # past the '['
+    while i < len(text) and text[i] != "]":
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise ctx.error(e.lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        yield line_of(i), obj
+        i = skip(end)
+        if i < len(text) and text[i] == ",":
+            i = skip(i + 1)
+        elif i >= len(text) or text[i] != "]":
+            raise ctx.error(line_of(i), None, "expected ',' or ']' after a record")
+    if i >= len(text):
+        raise ctx.error(line_of(i), None, "the JSON list is not closed with ']'")
+    if skip(i + 1) != len(text):
+        raise ctx.error(line_of(skip(i + 1)), None, "unexpected text after the closing ']'")
+
+
+def json_records(path: Path, ctx: RowContext) -> Iterator[tuple[int, object]]:
+    """(1-based line, record) from a JSON-lines file, or from a file holding one JSON list
+    (its first non-blank character is ``[``); blank lines are skipped but counted."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        yield from _json_list(text, ctx)
+    else:
+        yield from _json_lines(path, ctx)

@@ -1,6 +1,7 @@
 """GSM8K problems from a local JSON-lines file or ``save_to_disk`` folder.
 
-Each line is ``{"question": str, "answer": str}`` (other keys are ignored). The answer is the
+Each line is ``{"question": str, "answer": str}`` (other keys are ignored); a JSON list of
+such objects (e.g. a study's ``final.json`` with added prediction fields) reads the same way. The answer is the
 worked solution followed by a line ``#### N`` holding the final number. In the official test
 split all 1,319 final answers are integers once thousands separators are removed, and studies
 compare them with integer equality, so ``N`` is parsed to an ``int``: commas are dropped
@@ -13,13 +14,11 @@ numbers).
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 from jaxreason.tasks.readers.common import (ReaderError, RowContext, context_for, data_path,
-                                            dataset_rows, short)
+                                            dataset_rows, json_records, short)
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 MARKER = "####"
@@ -65,18 +64,6 @@ def _problem(ctx: RowContext, row: object, line: int, allow_fractional: bool) ->
     return GSM8KProblem(question, answer, rationale.rstrip(), value, line)
 
 
-def _jsonl_rows(path: Path, ctx: RowContext) -> Iterator[tuple[int, object]]:
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                yield line, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ctx.error(line, None, f"expected one JSON object per line ({e.msg} at "
-                                            f"column {e.colno})") from None
-
-
 def read_gsm8k(path: str | Path, *, split: str | None = None,
                allow_fractional: bool = False) -> list[GSM8KProblem]:
     """All problems of a GSM8K JSON-lines file (e.g. ``test.jsonl``) or ``save_to_disk`` folder.
@@ -90,7 +77,7 @@ def read_gsm8k(path: str | Path, *, split: str | None = None,
     elif split is not None:
         raise ReaderError(f"split={split!r} applies only to a datasets folder; {p} is a file")
     else:
-        rows = _jsonl_rows(p, ctx)
+        rows = json_records(p, ctx)
     problems = [_problem(ctx, row, line, allow_fractional) for line, row in rows]
     if not problems:
         raise ReaderError(f"{p} holds no GSM8K problems")

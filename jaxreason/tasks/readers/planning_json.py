@@ -27,13 +27,12 @@ and drop records left with no steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from jaxreason.tasks.readers.common import (ReaderError, RowContext, RowError, context_for,
-                                            data_path, dataset_rows, short)
+                                            data_path, dataset_rows, json_records, short)
 
 _TAG_LINE_RE = re.compile(r"^\[(.*?)\]:", re.MULTILINE)
 _ANY_TAG_RE = re.compile(r"\[.*?\]: ")
@@ -143,49 +142,6 @@ def _record(ctx: RowContext, row: object, line: int, clean: bool) -> PlanningRec
     return PlanningRecord(question, answer, steps, split, line, str(ctx.path))
 
 
-def _json_rows(path: Path, ctx: RowContext) -> Iterator[tuple[int, object]]:
-    """Records with the line each starts on, from a JSON list or from JSON lines."""
-    text = path.read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-
-    def skip(i: int) -> int:
-        while i < len(text) and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def line_of(i: int) -> int:
-        return text.count("\n", 0, i) + 1
-
-    def decode(i: int) -> tuple[object, int]:
-        try:
-            return decoder.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise ctx.error(e.lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-
-    i = skip(0)
-    if i == len(text):
-        return
-    if text[i] != "[":                       # JSON lines
-        while i < len(text):
-            obj, end = decode(i)
-            yield line_of(i), obj
-            i = skip(end)
-        return
-    i = skip(i + 1)
-    while i < len(text) and text[i] != "]":
-        obj, end = decode(i)
-        yield line_of(i), obj
-        i = skip(end)
-        if i < len(text) and text[i] == ",":
-            i = skip(i + 1)
-        elif i >= len(text) or text[i] != "]":
-            raise ctx.error(line_of(min(i, len(text) - 1)), None, "expected ',' or ']' after a record")
-    if i >= len(text):
-        raise ctx.error(line_of(len(text) - 1), None, "the JSON list is not closed with ']'")
-    if skip(i + 1) != len(text):
-        raise ctx.error(line_of(skip(i + 1)), None, "unexpected text after the closing ']'")
-
-
 def read_planning_json(path: str | Path, split: str | None = None, *, clean: bool = False,
                        dataset_split: str | None = None) -> list[PlanningRecord]:
     """Records of a memory/reason step file (e.g. ``StrategyQA_train_clean.json``) or of a
@@ -202,7 +158,7 @@ def read_planning_json(path: str | Path, split: str | None = None, *, clean: boo
         raise ReaderError(f"dataset_split={dataset_split!r} applies only to a datasets folder; "
                           f"{p} is a file")
     else:
-        rows = _json_rows(p, ctx)
+        rows = json_records(p, ctx)
     records = [r for line, row in rows if (r := _record(ctx, row, line, clean)) is not None]
     if not records:
         raise ReaderError(f"{p} holds no records")

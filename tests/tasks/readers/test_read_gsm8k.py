@@ -93,3 +93,14 @@ def test_datasets_folders(tmp_path):
         read_gsm8k(tmp_path / "dd")
     with pytest.raises(RowError, match=r"dd, row 2, field 'answer'"):
         read_gsm8k(tmp_path / "dd", split="test")
+
+
+def test_a_json_list_reads_like_json_lines(tmp_path):
+    rows = [dict(GOOD[0], prediction="... The answer is 7.", correct=True, pred_answer=7), GOOD[2]]
+    path = tmp_path / "final.json"
+    path.write_text(json.dumps(rows, indent=1))
+    got = read_gsm8k(path)
+    assert [p.final_answer for p in got] == [7, -12] and got[0].line == 2
+    path.write_text(json.dumps([GOOD[0], {"question": "q", "answer": "x #### 3 apples"}], indent=1))
+    with pytest.raises(RowError, match=r"final.json, line 6, field 'answer'"):
+        read_gsm8k(path)
