@@ -49,7 +49,8 @@ class GenerateOutput:
     prompt_mask: (B, T) 1 for real prompt tokens.
     generated: (B, N) generated tokens only.
     num_generated: (B,) tokens generated per row, EOS included.
-    captured: hook name -> values over slots ``capture_start ..``.
+    captured: hook name -> values over slots ``capture_start ..`` (a reduction with
+      ``positions``: its chosen prompt slots, then one entry per generated token).
     capture_start: slot of ``tokens[:, 0]`` (the prefix length).
     """
 

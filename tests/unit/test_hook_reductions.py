@@ -226,3 +226,8 @@ def test_generate_refuses_what_it_cannot_extend(lm):
     with pytest.raises(ValueError, match=rf"position {T} is outside the sequence"):
         generate(model, params, ids, mask, max_new_tokens=2,
                  capture={POST: TopK(2, positions=[T])})
+    # with a 3-slot prefix the prompt fills slots 3.., so slot 1 is not one of its slots
+    with pytest.raises(ValueError, match=rf"position 1 is not a prompt slot; the prompt fills "
+                                         rf"slots 3\.\.{3 + T - 1}"):
+        generate(model, params, ids, mask, max_new_tokens=2, prefix=model.init_cache(1, 3),
+                 capture={POST: TopK(2, positions=[1, 4])})
