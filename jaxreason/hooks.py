@@ -35,8 +35,16 @@ What happens there is decided by two explicit arguments of the forward pass, nev
 state, so everything works under ``jit``, ``grad``, ``vmap`` and sharding:
 
 * ``capture``: which names to record (a set of names or ``fnmatch`` patterns, or a dict from
-  name/pattern to the positions to keep). It is static: the compiled program only contains
-  the captures asked for, and capturing nothing is the same program as a plain forward.
+  name/pattern to a request: None for the whole value, the positions to keep, or a reduction
+  spec). The names are static: the compiled program only contains the captures asked for,
+  and capturing nothing is the same program as a plain forward.
+* Reductions (:class:`TopK`, :class:`Norm`, :class:`Mean`, defined in
+  ``jaxreason.reductions``) summarise a value inside the compiled program, so F-wide
+  activations never leave the device: ``capture={"blocks.*.mlp.hook_post": TopK(20,
+  scale=norms)}`` with ``norms`` (L, F) records, per layer and position, the 20 neurons with
+  the largest ``|a_i| * norms[l, i]`` as ``{"indices": (B, T, 20), "scores": (B, T, 20)}``.
+  A spec's arrays are traced (a new ``norms`` reuses the program), its ``k`` is static.
+  Reduced values are position-first (positions on axis 1) for every hook.
 * ``interventions``: a dict from name/pattern to a spec (:class:`Replace`, :class:`Add`,
   :class:`Scale`, :class:`Zero`, :class:`NeuronScale`, :class:`HeadMask`, :class:`Apply`).
   Specs are pytrees, so their arrays may be traced values and gradients flow through them.
@@ -59,6 +67,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+# the reduction specs are part of the capture vocabulary: importable from here too
+from jaxreason.reductions import Mean, Norm, Reduction, TopK, as_arrays  # noqa: F401
 
 # (template, families, axis that indexes positions, rank)
 HOOK_TEMPLATES: tuple[tuple[str, tuple[str, ...], int, int], ...] = (
@@ -104,6 +115,14 @@ def position_axis(name: str) -> int:
 def block_name(i: int, leaf: str) -> str:
     """``block_name(3, "hook_resid_post") == "blocks.3.hook_resid_post"``."""
     return f"blocks.{i}.{leaf}"
+
+
+def layer_of(name: str) -> int | None:
+    """The block index of a ``blocks.{i}...`` hook name; None for hooks outside the blocks."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 def hidden_state_hook(index: int, num_layers: int) -> str:
@@ -156,7 +175,8 @@ def check_positions(positions, length: int, where: str) -> None:
 def check_request_positions(capture, interventions, length: int) -> None:
     """Check the concrete positions of a capture request and of intervention specs up front,
     before ``jit`` turns them into tracers that :func:`check_positions` must let pass."""
-    for pattern, positions in normalize_capture(capture).items():
+    for pattern, request in normalize_capture(capture).items():
+        positions = request.positions if isinstance(request, Reduction) else request
         check_positions(positions, length, f"capture of {pattern!r}")
     for pattern, spec in (interventions or {}).items():
         check_positions(getattr(spec, "positions", None), length, f"intervention at {pattern!r}")
@@ -179,17 +199,23 @@ def _move_pos_back(x, axis: int):
     return jnp.moveaxis(x, 1, axis)
 
 
-def _select(x, positions, slots, axis: int):
-    """Gather the requested positions of a hook value: (B, P, ...) in position-first layout.
+def _gather(xt, positions, slots):
+    """(B, T, ...) position-first -> (B, P, ...) at the requested positions, and (B, P) bool:
+    whether each position is one of this call's slots.
 
     A position not present in this call's slots yields zeros (used while decoding, where each
     step only holds one slot)."""
-    xt = _move_pos_first(x, axis)  # (B, T, ...)
     match = _match(positions, slots, xt.shape[0])  # (B, P, T)
     idx = jnp.argmax(match, axis=-1)  # (B, P)
     hit = match.any(-1)
-    taken = jnp.take_along_axis(xt, idx.reshape(idx.shape + (1,) * (xt.ndim - 2)), axis=1)
-    return jnp.where(hit.reshape(hit.shape + (1,) * (xt.ndim - 2)), taken, 0)
+    expand = (1,) * (xt.ndim - 2)
+    taken = jnp.take_along_axis(xt, idx.reshape(idx.shape + expand), axis=1)
+    return jnp.where(hit.reshape(hit.shape + expand), taken, 0), hit
+
+
+def _select(x, positions, slots, axis: int):
+    """Gather the requested positions of a hook value: (B, P, ...) in position-first layout."""
+    return _gather(_move_pos_first(x, axis), positions, slots)[0]
 
 
 # ----------------------------------------------------------------------------- interventions
@@ -396,38 +422,59 @@ def _check_spec(name: str, spec, x, axis: int, length: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class HookPlan:
-    """Static, resolved request: which exact names to capture (with positions) and edit."""
+    """Static, resolved request: which exact names to capture (and how) and edit."""
 
-    capture: Mapping[str, Any]  # name -> positions or None
+    capture: Mapping[str, Any]  # name -> None, positions, or a Reduction
     interventions: Mapping[str, Intervention]
+    num_layers: int = 0  # blocks of the model, for per-layer reduction arrays
 
     @property
     def empty(self) -> bool:
         return not self.capture and not self.interventions
 
 
+def _capture_request(pattern: str, request):
+    """Check one capture request: None, positions, or a reduction (arrays made jax arrays)."""
+    if request is None:
+        return None
+    if isinstance(request, Reduction):
+        return as_arrays(request)
+    if isinstance(request, (list, tuple, range, np.ndarray, jax.Array)):
+        return request
+    raise TypeError(f"capture of {pattern!r} must map to None (the whole value), positions "
+                    f"((P,) or (B, P) slots) or a reduction (TopK, Norm, Mean from "
+                    f"jaxreason.reductions); got {type(request).__name__}")
+
+
 def normalize_capture(capture) -> dict[str, Any]:
-    """Accept None, a string, an iterable of names/patterns, or a dict name -> positions."""
+    """Accept None, a string, an iterable of names/patterns, or a dict name -> request, where
+    a request is None, positions (P,) or (B, P), or a :class:`Reduction`."""
     if capture is None:
         return {}
     if isinstance(capture, str):
         return {capture: None}
     if isinstance(capture, Mapping):
-        return dict(capture)
+        return {k: _capture_request(k, v) for k, v in capture.items()}
     return {c: None for c in capture}
+
+
+def captured_position_axis(name: str, request) -> int:
+    """The axis of a captured value (of each leaf, when reduced) that indexes positions."""
+    return 1 if isinstance(request, Reduction) else position_axis(name)
 
 
 def make_plan(capture, interventions, valid: tuple[str, ...]) -> HookPlan:
     """Resolve patterns against a model's hook names; raises on unknown names."""
     cap = {}
-    for pattern, positions in normalize_capture(capture).items():
+    for pattern, request in normalize_capture(capture).items():
         for name in expand_names(pattern, valid):
-            cap[name] = positions
+            cap[name] = request
     edits = {}
     for pattern, spec in (interventions or {}).items():
         for name in expand_names(pattern, valid):
             edits[name] = spec
-    return HookPlan(cap, edits)
+    layers = [i for i in map(layer_of, valid) if i is not None]
+    return HookPlan(cap, edits, num_layers=max(layers, default=-1) + 1)
 
 
 class HookRunner:
@@ -440,16 +487,15 @@ class HookRunner:
       plan: the resolved request.
       slots: (T,) int32 absolute positions of this call's query axis.
       length: number of slots (S) visible in this call, for position checks.
+      valid: (B, T) bool, False at padding (what :class:`Mean` leaves out); None: all real.
     """
 
-    def __init__(self, plan: HookPlan, slots, length: int):
+    def __init__(self, plan: HookPlan, slots, length: int, valid=None):
         self.plan = plan
         self.slots = slots
         self.length = length
-        self.captured: dict[str, jax.Array] = {}
-
-    def wants(self, name: str) -> bool:
-        return name in self.plan.capture or name in self.plan.interventions
+        self.valid = valid
+        self.captured: dict[str, Any] = {}
 
     def __call__(self, name: str, x):
         if self.plan.empty:
@@ -460,10 +506,25 @@ class HookRunner:
             _check_spec(name, spec, x, axis, self.length)
             x = spec.edit(x, self.slots, axis)
         if name in self.plan.capture:
-            positions = self.plan.capture[name]
-            if positions is None:
-                self.captured[name] = x
-            else:
-                check_positions(positions, self.length, f"capture of {name!r}")
-                self.captured[name] = _select(x, positions, self.slots, axis)
+            self.captured[name] = self._capture(name, x, axis)
         return x
+
+    def _capture(self, name: str, x, axis: int):
+        request = self.plan.capture[name]
+        where = f"capture of {name!r}"
+        if request is None:
+            return x
+        if not isinstance(request, Reduction):
+            check_positions(request, self.length, where)
+            return _select(x, request, self.slots, axis)
+        layer = layer_of(name)
+        request.check(where, tuple(x.shape), layer, self.plan.num_layers)
+        xt = _move_pos_first(x, axis)  # (B, T, ...)
+        valid = self.valid
+        if valid is None:
+            valid = jnp.ones(xt.shape[:2], bool)
+        if request.positions is not None:
+            check_positions(request.positions, self.length, where)
+            xt, hit = _gather(xt, request.positions, self.slots)
+            valid = _gather(valid, request.positions, self.slots)[0].astype(bool) & hit
+        return request.reduce(xt, valid, layer)

@@ -12,7 +12,12 @@ is broadcast to the batch, and the rows' own tokens follow it.
 Capture returns, for every requested hook, the values at every slot from the end of the
 prefix on (prompt then generated tokens): ``out.captured[name][:, j]`` belongs to slot
 ``out.capture_start + j`` and token ``out.tokens[:, j]``. Attention patterns are
-(B, H, T, S) with S the cache length. Interventions apply during the prefill only
+(B, H, T, S) with S the cache length. A hook may instead map to a reduction
+(``jaxreason.reductions``), e.g. ``{"blocks.*.mlp.hook_post": TopK(20, scale=norms)}``: it is
+computed inside the jitted prefill and step, so only its small result is kept per step, and
+its leaves are concatenated along axis 1 just the same. A reduction's ``positions`` choose
+which prompt slots the prefill records (all when None); every decoding step is recorded after
+them. Interventions apply during the prefill only
 (``intervene_on="prefill"``) or also at every decoding step (``"all"``); their positions are
 absolute slots, so the prefix counts.
 """
@@ -28,9 +33,11 @@ import numpy as np
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxreason.hooks import check_request_positions, normalize_capture, position_axis
+from jaxreason.hooks import (captured_position_axis, check_positions, check_request_positions,
+                             make_plan, normalize_capture)
 from jaxreason.models.layers import KVCache
 from jaxreason.models.lm import CausalLM
+from jaxreason.reductions import Reduction
 
 
 @struct.dataclass
@@ -42,7 +49,8 @@ class GenerateOutput:
     prompt_mask: (B, T) 1 for real prompt tokens.
     generated: (B, N) generated tokens only.
     num_generated: (B,) tokens generated per row, EOS included.
-    captured: hook name -> values over slots ``capture_start ..``.
+    captured: hook name -> values over slots ``capture_start ..`` (a reduction with
+      ``positions``: its chosen prompt slots, then one entry per generated token).
     capture_start: slot of ``tokens[:, 0]`` (the prefix length).
     """
 
@@ -82,9 +90,10 @@ def left_align(input_ids, attention_mask):
 
 @functools.partial(jax.jit, static_argnames=("model", "capture_key"))
 def _prefill(model: CausalLM, params, cache, input_ids, attention_mask, interventions,
-             capture_key):
+             capture_key, capture_requests):
     out = model.apply(params, input_ids, attention_mask, cache=cache,
-                      capture=list(capture_key) or None, interventions=interventions)
+                      capture=dict(zip(capture_key, capture_requests)) or None,
+                      interventions=interventions)
     return out.logits[:, -1], out.cache, out.captured
 
 
@@ -106,9 +115,10 @@ def _sample(logits, key, temperature: float, top_p: float):
 @functools.partial(jax.jit, static_argnames=("model", "capture_key", "temperature", "top_p"),
                    donate_argnames=("cache",))
 def _step(model: CausalLM, params, cache, token, live, interventions, key, capture_key,
-          temperature, top_p):
+          capture_requests, temperature, top_p):
     out = model.apply(params, token[:, None], live[:, None].astype(jnp.int32), cache=cache,
-                      capture=list(capture_key) or None, interventions=interventions)
+                      capture=dict(zip(capture_key, capture_requests)) or None,
+                      interventions=interventions)
     nxt = _sample(out.logits[:, -1], key, temperature, top_p)
     return nxt, out.cache, out.captured
 
@@ -129,8 +139,53 @@ def prefill_prefix(model: CausalLM, params, prefix_ids: Sequence[int] | jax.Arra
     """Run a prompt prefix shared by a whole batch once; pass the result as ``prefix=``."""
     ids = jnp.asarray(prefix_ids, jnp.int32).reshape(1, -1)
     cache = model.init_cache(1, ids.shape[1])
-    _, cache, _ = _prefill(model, params, cache, ids, jnp.ones_like(ids), interventions, ())
+    _, cache, _ = _prefill(model, params, cache, ids, jnp.ones_like(ids), interventions, (),
+                           ())
     return cache
+
+
+def _generate_capture(capture) -> dict:
+    """The capture request of :func:`generate`: names, or per-position reductions."""
+    cap = normalize_capture(capture)
+    for pattern, request in cap.items():
+        if request is not None and not isinstance(request, Reduction):
+            raise ValueError(f"generate captures every slot; pass hook names only and select "
+                             f"positions from the result (got positions for {pattern!r}), or "
+                             f"give a reduction whose positions choose the prompt slots")
+        if isinstance(request, Reduction) and not request.keeps_positions:
+            raise ValueError(f"capture of {pattern!r}: {type(request).__name__} has no position "
+                             f"axis to extend at each decoding step; use a per-position "
+                             f"reduction (TopK, Norm), or model.apply on out.tokens")
+    return cap
+
+
+def _check_prompt_slots(cap: dict, start: int, t: int) -> None:
+    """A reduction's positions must be prompt slots: ``start .. start + t - 1``."""
+    for pattern, request in cap.items():
+        positions = getattr(request, "positions", None)
+        if positions is None:
+            continue
+        where = f"capture of {pattern!r}"
+        check_positions(positions, start + t, where)
+        p = np.asarray(positions)
+        if p.size and p.min() < start:
+            raise ValueError(f"{where}: position {int(p.min())} is not a prompt slot; the "
+                             f"prompt fills slots {start}..{start + t - 1} (the prefix comes "
+                             f"before it, and every decoding step is recorded anyway)")
+
+
+def _join_steps(parts: list, axis: int, max_new_tokens: int):
+    """Concatenate the prefill's and each step's captures (arrays or pytrees of arrays) along
+    the position axis. When decoding stopped early, the slots never decoded (pad after every
+    row's EOS) are zero-filled so the captures stay aligned with ``tokens`` slot for slot."""
+    width = jax.tree_util.tree_leaves(parts[0])[0].shape[axis] + max_new_tokens
+
+    def join(*leaves):
+        value = jnp.concatenate(leaves, axis=axis)
+        widths = [(0, 0)] * value.ndim
+        widths[axis] = (0, width - value.shape[axis])
+        return jnp.pad(value, widths)
+    return jax.tree_util.tree_map(join, *parts)
 
 
 def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new_tokens: int,
@@ -146,7 +201,9 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
       max_new_tokens: steps to decode; rows stop at their first EOS.
       eos_token_id: one id or several; None decodes the full length.
       temperature, top_p, seed: sampling; temperature 0 is greedy.
-      capture: hook names or patterns to record at every prompt and generated slot.
+      capture: hook names or patterns to record at every prompt and generated slot, or a
+        dict name -> None or a per-position reduction (``TopK``, ``Norm``) whose
+        ``positions`` may choose the prompt slots to record.
       interventions: hook specs; applied during the prefill only, or at every step too when
         ``intervene_on="all"``.
       prefix: a batch-1 cache from :func:`prefill_prefix` that every row continues from.
@@ -161,11 +218,12 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         raise ValueError(f"intervene_on={intervene_on!r}; allowed: 'prefill', 'all'")
     if not 0.0 < top_p <= 1.0 or temperature < 0.0:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    cap = normalize_capture(capture)
-    if any(v is not None for v in cap.values()):
-        raise ValueError("generate captures every slot; pass hook names only and select "
-                         "positions from the result")
+    cap = _generate_capture(capture)
     capture_key = tuple(sorted(cap))
+    prefill_requests = tuple(cap[k] for k in capture_key)
+    # a decoding step holds one slot: it is always recorded, whatever the prompt positions
+    step_requests = tuple(None if r is None else r.replace(positions=None)
+                          for r in prefill_requests)
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     ids, mask = left_align(ids, mask)
@@ -176,6 +234,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         raise ValueError(f"prefix + prompt + max_new_tokens = {total} exceeds GPT-2's "
                          f"{model.config.max_position_embeddings} positions")
     check_request_positions(None, interventions, total)
+    _check_prompt_slots(cap, start, t)
     if prefix is None:
         cache = model.init_cache(b, total)
     else:
@@ -187,7 +246,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         ids_in, mask_in, cache = _shard_rows((ids_in, mask_in, cache), b, mesh)
 
     last_logits, cache, captured = _prefill(model, params, cache, ids_in, mask_in,
-                                            interventions, capture_key)
+                                            interventions, capture_key, prefill_requests)
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
     token = _sample(last_logits, sub, temperature, top_p)
@@ -209,7 +268,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         # activations of this token, so captures line up with `tokens` slot for slot
         key, sub = jax.random.split(key)
         token, cache, captured = _step(model, params, cache, token, lives[-1],
-                                       step_edits, sub, capture_key, temperature, top_p)
+                                       step_edits, sub, capture_key, step_requests,
+                                       temperature, top_p)
         for name, v in captured.items():
             pieces[name].append(v)
         if last:
@@ -221,18 +281,9 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     if steps < max_new_tokens:  # stopped early: pad to the requested width
         generated = jnp.pad(generated, ((0, 0), (0, max_new_tokens - steps)),
                             constant_values=pad_token_id)
-    out_captured = {}
-    for name, parts in pieces.items():
-        axis = position_axis(name)
-        value = jnp.concatenate(parts, axis=axis)
-        # stopped early: zero-fill the slots never decoded (pad after every row's EOS) so the
-        # captures stay aligned with `tokens` slot for slot
-        missing = t + max_new_tokens - value.shape[axis]
-        if missing > 0:
-            widths = [(0, 0)] * value.ndim
-            widths[axis] = (0, missing)
-            value = jnp.pad(value, widths)
-        out_captured[name] = value
+    requests = make_plan(cap, None, model.hook_names).capture
+    out_captured = {name: _join_steps(parts, captured_position_axis(name, requests[name]),
+                                      max_new_tokens) for name, parts in pieces.items()}
     return GenerateOutput(tokens=jnp.concatenate([jnp.asarray(ids), generated], axis=1),
                           prompt_mask=jnp.asarray(mask), generated=generated,
                           num_generated=n_gen, captured=out_captured, capture_start=start)

@@ -257,7 +257,7 @@ def build_context(hooks_plan, input_ids, attention_mask, position_ids, cache, sl
     allowed = key_valid[:, None, :] & (jnp.arange(s)[None, None, :] <= slots[None, :, None])
     if sliding_window is not None:
         allowed &= (positions[:, :, None] - key_pos[:, None, :]) < sliding_window
-    runner = HookRunner(hooks_plan, slots, s)
+    runner = HookRunner(hooks_plan, slots, s, valid=mask)
     ctx = Context(hooks=runner, positions=positions, mask=allowed[:, None], offset=offset,
                   cache=cache)
     return ctx, mask, key_valid, key_pos

@@ -32,6 +32,7 @@ from jaxreason.models.config import BaseConfig, GPT2Config, LlamaConfig
 from jaxreason.models.gpt2 import GPT2Module
 from jaxreason.models.layers import KVCache, build_context, finish_cache
 from jaxreason.models.llama import LlamaModule
+from jaxreason.reductions import Reduction
 from jaxreason.tree_utils import unwrap_params
 
 MODULES = {"gpt2": GPT2Module, "llama": LlamaModule}
@@ -109,8 +110,11 @@ class CausalLM:
           attention_mask: (B, T), 1 for real tokens and 0 for padding (left or right).
             Position ids follow it, so each real token gets the same result as without padding.
           position_ids: (B, T) explicit position ids overriding the mask-derived ones.
-          capture: hook names or patterns to record, or a dict name -> positions (P,) or (B, P)
-            to record only those query positions. Static: changing it recompiles.
+          capture: hook names or patterns to record, or a dict name -> request: None (the
+            whole value), positions (P,) or (B, P) to record only those query positions, or a
+            reduction (``TopK``, ``Norm``, ``Mean`` from ``jaxreason.reductions``) computed in
+            the forward pass, whose result is captured instead. The names and a reduction's
+            configuration are static; under ``jit_apply`` arrays (positions, scales) are not.
           interventions: dict name/pattern -> spec from ``jaxreason.hooks``.
           cache: a :class:`KVCache`; the tokens are appended after its filled slots.
           dropout_rng: a PRNG key that turns on training-time dropout (LoRA dropout).
@@ -131,14 +135,16 @@ class CausalLM:
 
     def jit_apply(self, params, input_ids, attention_mask=None, *, position_ids=None,
                   capture=None, interventions=None, cache=None) -> ModelOutput:
-        """``apply`` under ``jax.jit``; one compiled program per set of captured names."""
+        """``apply`` under ``jax.jit``; one compiled program per set of captured names and
+        reduction configurations (positions and reduction arrays are traced arguments)."""
         cap = normalize_capture(capture)
         check_request_positions(cap, interventions,
                                 input_ids.shape[1] if cache is None else cache.max_len)
         key = tuple(sorted(cap))
-        positions = tuple(None if cap[k] is None else jnp.asarray(cap[k]) for k in key)
+        requests = tuple(cap[k] if cap[k] is None or isinstance(cap[k], Reduction)
+                         else jnp.asarray(cap[k]) for k in key)
         return _jitted_apply(self, params, input_ids, attention_mask, position_ids,
-                             interventions, cache, capture_key=key, capture_positions=positions)
+                             interventions, cache, capture_key=key, capture_requests=requests)
 
     # ------------------------------------------------------------------ checks
 
@@ -178,9 +184,12 @@ def _jitted_init(model: CausalLM, rng):
 
 @functools.partial(jax.jit, static_argnames=("model", "capture_key"))
 def _jitted_apply(model: CausalLM, params, input_ids, attention_mask, position_ids, interventions,
-                  cache, capture_key, capture_positions):
-    """One compiled program per (equal) model and capture request, shared across instances."""
-    capture = dict(zip(capture_key, capture_positions)) if capture_key else None
+                  cache, capture_key, capture_requests):
+    """One compiled program per (equal) model and capture request, shared across instances.
+
+    ``capture_requests`` is a pytree argument: a reduction's static fields belong to its tree
+    structure (and so to the program's key), its arrays are traced."""
+    capture = dict(zip(capture_key, capture_requests)) if capture_key else None
     return model.apply(params, input_ids, attention_mask, position_ids=position_ids,
                        capture=capture, interventions=interventions, cache=cache)
 
