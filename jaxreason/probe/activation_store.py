@@ -80,7 +80,8 @@ class ActivationWriter:
             self.directory, fields, identity=identity, resume=resume, format=FORMAT,
             label=LABEL, version=VERSION,
             header={"layers": list(self.layers), "d_model": self.d_model, "dtype": self.dtype,
-                    "storage_dtype": DTYPES[self.dtype].name})
+                    "storage_dtype": DTYPES[self.dtype].name},
+            chunk_info=lambda arrays: {"positions": int(np.shape(arrays["tokens"])[1])})
         self.meta = dict(self.store.identity.get("meta", {}))
 
     @staticmethod
@@ -108,8 +109,7 @@ class ActivationWriter:
           extra: per-row arrays ``(B, ...)`` such as ``correct`` or ``problem_id``; the first
             chunk fixes their names and dtypes.
         """
-        arrays = self.chunk_arrays(states, tokens, lengths, extra)
-        self.store.write(arrays, info={"positions": int(arrays["tokens"].shape[1])})
+        self.store.write(self.chunk_arrays(states, tokens, lengths, extra))
 
     def chunk_arrays(self, states, tokens, lengths, extra=None) -> dict[str, np.ndarray]:
         """The checked field arrays of one chunk, padding zeroed (what ``write`` stores)."""

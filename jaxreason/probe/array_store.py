@@ -38,7 +38,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -240,13 +240,16 @@ class ArrayWriter:
         store is called in errors (e.g. ``"activation store"``).
       header: extra JSON written into the manifest as is (never compared).
       version: the format's version (a format built on this store may count its own).
+      chunk_info: arrays -> JSON kept in every chunk's record (e.g. its width), merged with
+        the ``info`` of ``write``.
     """
 
     def __init__(self, directory, fields: Mapping[str, Field] | None = None, *,
                  identity: dict | None = None, resume: bool = True, format: str = FORMAT,
                  label: str = "array store", header: dict | None = None,
-                 version: int = VERSION):
+                 version: int = VERSION, chunk_info: Callable[[dict], dict] | None = None):
         self.directory = Path(directory)
+        self.chunk_info = chunk_info
         self.format, self.label, self.version = format, label, version
         self.header = _as_json(header or {}, "header")
         declared = {str(k): Field(*f).checked(f"field {k!r}") for k, f in (fields or {}).items()}
@@ -339,7 +342,8 @@ class ArrayWriter:
             raise RuntimeError(f"writer for {self.directory} is closed; open a new one to resume")
         stored, shapes = self._validate(arrays)
         rows = next(iter(stored.values())).shape[0]
-        info = _as_json(info or {}, "info")
+        info = _as_json({**(self.chunk_info(arrays) if self.chunk_info else {}), **(info or {})},
+                        "info")
         bad = sorted(_RESERVED & set(info))
         if bad:
             raise ValueError(f"info keys {bad} are reserved for the chunk record")
