@@ -25,7 +25,7 @@ absolute slots, so the prefix counts.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +134,16 @@ def _shard_rows(tree, batch: int, mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
+def _all_stopped(live, tokens, eos_token_id, stop_when) -> bool:
+    """Whether every row has hit EOS or is finished by ``stop_when`` (a host sync)."""
+    if eos_token_id is None and stop_when is None:
+        return False
+    done = ~np.asarray(live)
+    if stop_when is not None and not done.all():
+        done |= np.asarray(stop_when(np.asarray(jnp.stack(tokens, axis=1))), bool)
+    return bool(done.all())
+
+
 def prefill_prefix(model: CausalLM, params, prefix_ids: Sequence[int] | jax.Array, *,
                    interventions=None) -> KVCache:
     """Run a prompt prefix shared by a whole batch once; pass the result as ``prefix=``."""
@@ -192,7 +202,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, capture=None,
              interventions=None, intervene_on: str = "prefill", prefix: KVCache | None = None,
-             progress: bool = False, mesh=None) -> GenerateOutput:
+             progress: bool = False, mesh=None,
+             stop_when: Callable[[np.ndarray], np.ndarray] | None = None) -> GenerateOutput:
     """Decode up to ``max_new_tokens`` per row with a KV cache.
 
     Args:
@@ -211,6 +222,11 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
       mesh: a ``jax.sharding.Mesh``; rows (prompts, cache, captures) are split over its
         ``data``/``fsdp`` axes for data-parallel decoding. Place ``params`` with
         ``jaxreason.sharding.model_shardings`` first. The batch must divide those axes.
+      stop_when: a host-side stop rule (stop strings, say): given the (B, n) tokens generated
+        so far as NumPy, it returns (B,) bool, True for rows it considers finished. Checked
+        every 4 steps with the EOS check; decoding stops once every row has hit EOS or is
+        finished. It does not end rows early (they still run to EOS): trimming is the
+        caller's, so the output does not depend on when the rule was checked.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -260,8 +276,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         lives.append(live)
         live = live & ~jnp.isin(token, eos)
         bar.update(1)
-        last = n == max_new_tokens - 1 or (eos_token_id is not None and n % 4 == 3
-                                           and not bool(live.any()))
+        last = n == max_new_tokens - 1 or (n % 4 == 3 and _all_stopped(live, tokens, eos_token_id,
+                                                                     stop_when))
         if last and not capture_key:
             break
         # feed the token back: this decodes the next one and, when capturing, records the

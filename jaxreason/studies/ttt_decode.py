@@ -1,12 +1,13 @@
-"""Think-to-Talk decoding: few-shot greedy chain of thought with residual capture (spec §3-4).
+"""Think-to-Talk decoding: few-shot greedy chain of thought with residual capture.
 
-The few-shot prompt is prefilled once (:func:`jaxreason.models.generate.prefill_prefix`) and
-its cache reused by every batch, so only the source and the new tokens are computed, as in
-the original. Each batch decodes greedily to the newline with the residual stream captured
-at the requested HF hidden-state indices; per row the states are trimmed to
-``S + generated - 1`` positions (position p < S is source token p, position S + i is
-generated token i fed back in; the final token is never fed in), using the generated count
-``generate`` reports rather than the original's count of trailing EOS pads.
+A client of :mod:`jaxreason.generation_runner`: the few-shot prompt is prefilled once and its
+cache reused by every batch (only the source and the new tokens are computed, as in the
+original); each batch decodes greedily to the newline (the stop token) with the residual
+stream captured at the requested HF hidden-state indices. What this module adds is the
+study's view of a batch: per row the states are trimmed to ``S + generated - 1`` positions
+(position p < S is source token p, position S + i is generated token i fed back in; the
+final token is never fed in), using the generated count ``generate`` reports rather than the
+original's count of trailing EOS pads, and each text is scored by exact match.
 
 Batches go to an :class:`~jaxreason.probe.activation_store.ActivationWriter` as they finish,
 so memory holds one batch, and a killed export resumes at the first unwritten batch.
@@ -17,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
-from tqdm.auto import tqdm
 
+from jaxreason.generation_runner import (DecodeSettings, GeneratedBatch, generate_batch,
+                                         run_generation)
 from jaxreason.hooks import hidden_state_hook
-from jaxreason.models.generate import generate
 from jaxreason.tasks.formula_tokens import TextCodec, encode_batch
 from jaxreason.tasks.formulas import Problem, exact_match
 
@@ -48,6 +48,46 @@ class BatchResult:
     source_states: dict  # hidden index -> (pad_to or B, S, d) states at the source positions
 
 
+def _settings(codec: TextCodec, max_new_tokens: int, batch_size: int = 1) -> DecodeSettings:
+    return DecodeSettings(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          stop_tokens=(codec.eos_id,), pad_token_id=codec.eos_id)
+
+
+def _prompts(codec: TextCodec, problems: Sequence[Problem], forced) -> np.ndarray:
+    """(B, S + forced) source ids (one length per task, checked) plus the forced tokens."""
+    ids = encode_batch(codec, [p.source for p in problems])
+    if len(forced):
+        forced_arr = np.asarray(forced, np.int32)
+        if forced_arr.shape[0] != len(problems):
+            raise ValueError(f"forced has {forced_arr.shape[0]} rows for {len(problems)} problems")
+        ids = np.concatenate([ids, forced_arr], axis=1)
+    return ids
+
+
+def _hooks(num_layers: int, indices, source_indices) -> dict[int, str]:
+    return {i: hidden_state_hook(i, num_layers)
+            for i in sorted(set(indices) | set(source_indices))}
+
+
+def _view(batch: GeneratedBatch, codec: TextCodec, problems, source_len: int, hooks: dict,
+          indices, source_indices) -> BatchResult:
+    """The study's view of a decoded batch (see the module docstring)."""
+    n, ids = batch.rows, batch.prompt_ids
+    t = ids.shape[1]
+    lengths = t + batch.num_generated - 1
+    width = int(lengths.max())
+    tokens = np.concatenate([ids, batch.generated], axis=1)[:, :width]
+    texts = [codec.decode(ids[r, source_len:]) + batch.texts[r] for r in range(n)]
+    correct = np.asarray([exact_match(txt, p) for txt, p in zip(texts, problems)])
+    # every row, padding included: the patched run of a batch is padded the same way
+    captured = {i: np.asarray(batch.captured[h]) for i, h in hooks.items()}
+    states = {i: captured[i][:n, :width].astype(np.float32) for i in indices}
+    for i in indices:  # zero what lies past each row's end: never trusted, never stored
+        states[i][np.arange(width)[None, :] >= lengths[:, None]] = 0.0
+    source = {i: captured[i][:, :source_len] for i in source_indices}
+    return BatchResult(texts, correct, batch.generated, lengths, tokens, states, source)
+
+
 def decode_batch(model, params, codec: TextCodec, prefix, problems: Sequence[Problem], *,
                  indices: Sequence[int], max_new_tokens: int, forced: Sequence[Sequence[int]] = (),
                  interventions=None, source_indices: Sequence[int] = (), mesh=None,
@@ -59,38 +99,14 @@ def decode_batch(model, params, codec: TextCodec, prefix, problems: Sequence[Pro
     hidden indices whose source-position states are returned (the base run of patching).
     ``pad_to``: repeat the first row up to this many rows, so a short last batch reuses the
     compiled programs; the padding rows are dropped from the result."""
-    n = len(problems)
-    ids = encode_batch(codec, [p.source for p in problems])
-    s = ids.shape[1]
-    if len(forced):
-        forced_arr = np.asarray(forced, np.int32)
-        if forced_arr.shape[0] != n:
-            raise ValueError(f"forced has {forced_arr.shape[0]} rows for {n} problems")
-        ids = np.concatenate([ids, forced_arr], axis=1)
-    if pad_to and pad_to > n:
-        ids = np.concatenate([ids, np.repeat(ids[:1], pad_to - n, axis=0)])
-    L = model.config.num_layers
-    hooks = {i: hidden_state_hook(i, L) for i in sorted(set(indices) | set(source_indices))}
-    out = generate(model, params, ids, max_new_tokens=max_new_tokens,
-                   eos_token_id=codec.eos_id, pad_token_id=codec.eos_id,
-                   capture=list(hooks.values()), interventions=interventions,
-                   intervene_on="prefill", prefix=prefix, mesh=mesh)
-    generated = np.asarray(jax.device_get(out.generated))[:n]
-    n_gen = np.asarray(jax.device_get(out.num_generated))[:n]
-    t = ids.shape[1]
-    lengths = t + n_gen - 1
-    width = int(lengths.max())
-    tokens = np.concatenate([ids[:n], generated], axis=1)[:, :width]
-    forced_text = [codec.decode(ids[r, s:]) for r in range(n)]
-    texts = [forced_text[r] + codec.decode(generated[r, :n_gen[r]]) for r in range(n)]
-    correct = np.asarray([exact_match(txt, p) for txt, p in zip(texts, problems)])
-    # every row, padding included: the patched run of a batch is padded the same way
-    captured = {i: np.asarray(jax.device_get(out.captured[h])) for i, h in hooks.items()}
-    states = {i: captured[i][:n, :width].astype(np.float32) for i in indices}
-    for i in indices:  # zero what lies past each row's end: never trusted, never stored
-        states[i][np.arange(width)[None, :] >= lengths[:, None]] = 0.0
-    source = {i: captured[i][:, :s] for i in source_indices}
-    return BatchResult(texts, correct, generated, lengths, tokens, states, source)
+    ids = _prompts(codec, problems, forced)
+    hooks = _hooks(model.config.num_layers, indices, source_indices)
+    batch = generate_batch(model, params, list(ids), _settings(codec, max_new_tokens),
+                           decode=codec.decode, prefix=prefix, capture=list(hooks.values()),
+                           interventions=interventions, mesh=mesh, pad_to=pad_to,
+                           records=problems)
+    source_len = ids.shape[1] - (np.shape(forced)[1] if len(forced) else 0)
+    return _view(batch, codec, problems, source_len, hooks, indices, source_indices)
 
 
 def decode_problems(model, params, codec: TextCodec, prefix, problems: Sequence[Problem], *,
@@ -104,27 +120,39 @@ def decode_problems(model, params, codec: TextCodec, prefix, problems: Sequence[
     already holds are skipped (their ``texts`` stay None: read them from the store)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
-    start = writer.done_rows() if writer is not None else 0
-    texts: list[str | None] = [None] * len(problems)
-    correct = np.zeros(len(problems), bool)
-    if start % batch_size and start != len(problems):
-        raise ValueError(f"the export holds {start} rows, not a multiple of batch_size="
-                         f"{batch_size}; resume with the batch size it was written with")
-    bar = tqdm(total=len(problems), initial=start, desc=desc, disable=not progress)
-    for lo in range(start, len(problems), batch_size):
+    source_len = encode_batch(codec, [p.source for p in problems]).shape[1] if problems else 0
+    # records: (problem, forced ids); forced_for sees each batch of problems, as it always did
+    records = []
+    for lo in range(0, len(problems), batch_size):
         chunk = problems[lo:lo + batch_size]
         forced = forced_for(chunk) if forced_for else ()
-        res = decode_batch(model, params, codec, prefix, chunk, indices=indices,
-                           max_new_tokens=max_new_tokens, forced=forced, mesh=mesh,
-                           pad_to=batch_size)
-        texts[lo:lo + len(chunk)] = res.texts
-        correct[lo:lo + len(chunk)] = res.correct
-        if writer is not None:
-            writer.write(res.states, res.tokens, res.lengths,
-                         extra={"correct": res.correct, "generated": res.generated,
-                                "problem_index": np.arange(lo, lo + len(chunk))})
-        if on_batch is not None:
-            on_batch(lo, res)
-        bar.update(len(chunk))
-    bar.close()
+        records += [(p, list(forced[r]) if len(forced) else []) for r, p in enumerate(chunk)]
+    hooks = _hooks(model.config.num_layers, indices, ())
+
+    def view(batch: GeneratedBatch) -> BatchResult:
+        if "ttt" not in batch.derived:
+            batch.derived["ttt"] = _view(batch, codec, [p for p, _ in batch.records],
+                                         source_len, hooks, indices, ())
+        return batch.derived["ttt"]
+
+    def to_arrays(batch: GeneratedBatch):
+        res = view(batch)
+        return writer.chunk_arrays(
+            res.states, res.tokens, res.lengths,
+            extra={"correct": res.correct, "generated": res.generated,
+                   "problem_index": np.arange(batch.start, batch.start + batch.rows)})
+
+    out = run_generation(
+        model, params, records, lambda rec: codec.encode(rec[0].source) + rec[1],
+        _settings(codec, max_new_tokens, batch_size), decode=codec.decode, prefix=prefix,
+        capture=list(hooks.values()), to_arrays=to_arrays if writer is not None else None,
+        store=writer.store if writer is not None else None, mesh=mesh, progress=progress,
+        desc=desc, on_batch=(lambda b: on_batch(b.start, view(b))) if on_batch else None,
+        score=lambda rec, text, ids: {
+            "correct": exact_match(codec.decode(rec[1]) + text, rec[0])})
+    texts: list[str | None] = [None] * len(problems)
+    correct = np.zeros(len(problems), bool)
+    for i, row in enumerate(out.results[out.skipped:], start=out.skipped):
+        texts[i] = codec.decode(records[i][1]) + row["text"]
+        correct[i] = row["correct"]
     return {"texts": texts, "correct": correct}

@@ -1,24 +1,14 @@
 """Capture, generation and HF loading run sharded (8 fake CPU devices) with the single-device
 results. The device count is fixed when JAX starts, so the work runs in a subprocess."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def report():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    worker = Path(__file__).with_name("_sharded_inference_worker.py")
-    proc = subprocess.run([sys.executable, str(worker)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def report(fake_devices):
+    return fake_devices(Path(__file__).with_name("_sharded_inference_worker.py"), 8)
 
 
 def test_every_family_and_mesh_ran(report):
