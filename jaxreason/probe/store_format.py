@@ -7,13 +7,14 @@ tile the rows). :mod:`jaxreason.probe.array_store` describes the layout.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
+
+from jaxreason import atomic
 
 FORMAT = "jaxreason.array_store"
 VERSION = 1
@@ -68,10 +69,8 @@ class Field(NamedTuple):
 
 
 def write_json(path: Path, obj) -> None:
-    """Temp file + os.replace, so readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f"{TMP_PREFIX}_{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    """Atomically (readers see the old or the new file, never half of one), sorted keys."""
+    atomic.write_json(path, obj, indent=1, sort_keys=True)
 
 
 def read_json(path: Path) -> dict:
