@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from jaxreason.models.families import family_of
-from jaxreason.tree_utils import copy_tree
+from jaxreason.tree_utils import copy_tree, get_path
 
 LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout")
 # The LoRA leaves an optimizer updates; the scalars are configuration, not weights.
@@ -93,12 +93,6 @@ def select_targets(params: dict, family: Any, targets: Iterable[str] | str | Non
     return sorted(chosen)
 
 
-def _node(tree: dict, path: tuple[str, ...]) -> dict:
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = None,
              rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, rng=None) -> dict:
     """A new param tree with LoRA adapters next to each targeted kernel.
@@ -122,7 +116,7 @@ def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = No
     rng = jax.random.PRNGKey(0) if rng is None else rng
     out = copy_tree(params)
     for i, path in enumerate(paths):
-        node = _node(out, path)
+        node = get_path(out, path)
         d_in, d_out = node["kernel"].shape
         bound = 1.0 / d_in ** 0.5
         node["lora_a"] = jax.random.uniform(jax.random.fold_in(rng, i), (d_in, rank),
