@@ -102,29 +102,24 @@ def top_tokens(logits, k: int) -> TopTokens:
     return TopTokens(ids, probs)
 
 
-def _down_proj(model, tree, layer: int) -> tuple[dict, Any]:
-    """(the down projection's param node, the family) for one layer, checking the layer."""
-    family = family_of(model)
+def _down_proj(model, tree, layer: int) -> dict:
+    """The param node of one layer's down projection (``kernel``, maybe ``bias``, LoRA)."""
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < model.config.num_layers:
         raise ValueError(f"layer {layer!r} is outside 0..{model.config.num_layers - 1}")
-    return get_path(tree, family.down_proj_kernel(int(layer))[:-1]), family
-
-
-def _to_neuron_rows(kernel, axis: int):
-    return kernel if axis == 0 else kernel.T
+    return get_path(tree, family_of(model).down_proj_kernel(int(layer))[:-1])
 
 
 def value_vectors(model, params, layer: int) -> jax.Array:
     """(F, D): row i is what neuron i of ``layer`` writes into the residual stream per unit
     of its activation (``mlp.hook_post``). Includes a LoRA adapter's contribution."""
-    node, family = _down_proj(model, unwrap_params(params), layer)
+    node = _down_proj(model, unwrap_params(params), layer)
     kernel = node["kernel"]
     if "lora_a" in node:  # the adapter leaves jaxreason's Dense layer reads
         delta = jnp.dot(node["lora_a"].astype(jnp.float32), node["lora_b"].astype(jnp.float32),
                         precision=jax.lax.Precision.HIGHEST)
         kernel = (kernel.astype(jnp.float32)
                   + jnp.asarray(node["lora_scale"], jnp.float32) * delta).astype(kernel.dtype)
-    return _to_neuron_rows(kernel, family.down_proj_neuron_axis)
+    return kernel if family_of(model).down_proj_neuron_axis == 0 else kernel.T
 
 
 def value_norms(model, params) -> jax.Array:
@@ -173,7 +168,7 @@ def _rewrite(model, params, layers: Iterable[int], edit: Callable[[int, dict], d
     wrapped = isinstance(params, dict) and set(params) == {"params"}
     out = copy_tree(unwrap_params(params))
     for layer in layers:
-        node, _ = _down_proj(model, out, layer)
+        node = _down_proj(model, out, layer)
         changed = edit(int(layer), node)
         for key, value in changed.items():
             node[key] = _place_like(value, node[key])
@@ -204,9 +199,9 @@ def edit_value_vectors(model, params, edits) -> dict:
         (return the input for layers to keep).
     """
     F, D = model.config.intermediate_size, model.config.hidden_size
+    axis = family_of(model).down_proj_neuron_axis
     if callable(edits):
         def edit(layer, node):
-            axis = family_of(model).down_proj_neuron_axis
             old = value_vectors(model, params, layer)
             new = jnp.asarray(edits(layer, old))
             if new.shape != (F, D):
@@ -236,7 +231,6 @@ def edit_value_vectors(model, params, edits) -> dict:
                              "neuron, so its new value vector is ambiguous")
 
     def edit(layer, node):
-        axis = family_of(model).down_proj_neuron_axis
         return _set_rows(node, axis, grouped[layer], pairs[layer][1])
 
     return _rewrite(model, params, grouped, edit)
@@ -264,6 +258,7 @@ def add_to_value_vectors(model, params, neurons: Neurons, noise) -> dict:
     """
     grouped = _group(model, neurons)
     D = model.config.hidden_size
+    axis = family_of(model).down_proj_neuron_axis
 
     def edit(layer, node):
         idx = grouped[layer]
@@ -275,7 +270,7 @@ def add_to_value_vectors(model, params, neurons: Neurons, noise) -> dict:
             raise ValueError(f"layer {layer}: noise of shape {amount.shape} does not broadcast to "
                              f"{(np.shape(idx)[0], D)} (neurons, D)") from None
         kernel = node["kernel"]
-        if family_of(model).down_proj_neuron_axis == 0:
+        if axis == 0:
             new = kernel.astype(jnp.float32).at[idx].add(amount)
         else:
             new = kernel.astype(jnp.float32).at[:, idx].add(amount.T)
