@@ -15,16 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreason.hooks import NeuronScale, Replace
-from jaxreason.models import GPT2Config, LlamaConfig, count_params, from_config
+from jaxreason.models import FAMILIES, count_params, from_config
 from jaxreason.models.generate import generate
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=("gpt2", "llama"), default="gpt2")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="gpt2")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    config = GPT2Config.tiny() if args.family == "gpt2" else LlamaConfig.tiny()
+    config = FAMILIES[args.family].config_class.tiny()
     model, params = from_config(config, seed=args.seed)
     print(f"{args.family}: {count_params(params):,} parameters, {len(model.hook_names)} hook points")
 

@@ -71,35 +71,38 @@ from flax import struct
 # the reduction specs are part of the capture vocabulary: importable from here too
 from jaxreason.reductions import Mean, Norm, Reduction, TopK, as_arrays  # noqa: F401
 
-# (template, families, axis that indexes positions, rank)
-HOOK_TEMPLATES: tuple[tuple[str, tuple[str, ...], int, int], ...] = (
-    ("hook_embed", ("gpt2", "llama"), 1, 3),
-    ("hook_pos_embed", ("gpt2",), 1, 3),
-    ("blocks.{i}.hook_resid_pre", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.attn.hook_q", ("gpt2", "llama"), 1, 4),
-    ("blocks.{i}.attn.hook_k", ("gpt2", "llama"), 1, 4),
-    ("blocks.{i}.attn.hook_v", ("gpt2", "llama"), 1, 4),
-    ("blocks.{i}.attn.hook_rot_q", ("llama",), 1, 4),
-    ("blocks.{i}.attn.hook_rot_k", ("llama",), 1, 4),
-    ("blocks.{i}.attn.hook_attn_scores", ("gpt2", "llama"), 2, 4),
-    ("blocks.{i}.attn.hook_pattern", ("gpt2", "llama"), 2, 4),
-    ("blocks.{i}.attn.hook_z", ("gpt2", "llama"), 1, 4),
-    ("blocks.{i}.hook_attn_out", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.hook_resid_mid", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.mlp.hook_pre", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.mlp.hook_pre_linear", ("llama",), 1, 3),
-    ("blocks.{i}.mlp.hook_post", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.hook_mlp_out", ("gpt2", "llama"), 1, 3),
-    ("blocks.{i}.hook_resid_post", ("gpt2", "llama"), 1, 3),
-    ("ln_final.hook_normalized", ("gpt2", "llama"), 1, 3),
+# Every hook template, in forward order. Each model family has all of them or a subset
+# (``jaxreason.models.family.Family.hook_templates``); ``{i}`` is the block index.
+HOOK_TEMPLATES: tuple[str, ...] = (
+    "hook_embed",
+    "hook_pos_embed",
+    "blocks.{i}.hook_resid_pre",
+    "blocks.{i}.attn.hook_q",
+    "blocks.{i}.attn.hook_k",
+    "blocks.{i}.attn.hook_v",
+    "blocks.{i}.attn.hook_rot_q",
+    "blocks.{i}.attn.hook_rot_k",
+    "blocks.{i}.attn.hook_attn_scores",
+    "blocks.{i}.attn.hook_pattern",
+    "blocks.{i}.attn.hook_z",
+    "blocks.{i}.hook_attn_out",
+    "blocks.{i}.hook_resid_mid",
+    "blocks.{i}.mlp.hook_pre",
+    "blocks.{i}.mlp.hook_pre_linear",
+    "blocks.{i}.mlp.hook_post",
+    "blocks.{i}.hook_mlp_out",
+    "blocks.{i}.hook_resid_post",
+    "ln_final.hook_normalized",
 )
 
 
-def hook_names(family: str, num_layers: int) -> tuple[str, ...]:
-    """Every hook name of a model, in the order the forward pass reaches them."""
-    front = [t for t, fam, _, _ in HOOK_TEMPLATES if family in fam and "{i}" not in t
+def hook_names(templates, num_layers: int) -> tuple[str, ...]:
+    """Every hook name of a model that has ``templates`` (a subset of
+    :data:`HOOK_TEMPLATES`), in the order the forward pass reaches them."""
+    have = set(templates)
+    front = [t for t in HOOK_TEMPLATES if t in have and "{i}" not in t
              and not t.startswith("ln_final")]
-    block = [t for t, fam, _, _ in HOOK_TEMPLATES if family in fam and "{i}" in t]
+    block = [t for t in HOOK_TEMPLATES if t in have and "{i}" in t]
     names = list(front)
     for i in range(num_layers):
         names += [t.format(i=i) for t in block]
@@ -155,13 +158,14 @@ def expand_names(pattern: str, valid: tuple[str, ...], what: str = "hook") -> li
 
 # ----------------------------------------------------------------------------- positions
 
-def _is_concrete(x) -> bool:
+def is_concrete(x) -> bool:
+    """False for a traced value (inside jit/grad/vmap), whose contents cannot be checked."""
     return not isinstance(x, jax.core.Tracer)
 
 
 def check_positions(positions, length: int, where: str) -> None:
     """Raise when concrete positions fall outside ``[0, length)``; traced ones pass."""
-    if positions is None or not _is_concrete(positions):
+    if positions is None or not is_concrete(positions):
         return
     p = np.asarray(positions)
     if p.ndim not in (1, 2):
@@ -403,7 +407,7 @@ def _check_spec(name: str, spec, x, axis: int, length: int) -> None:
         if not name.endswith("mlp.hook_post") and not name.endswith("mlp.hook_pre"):
             raise ValueError(f"NeuronScale applies to mlp.hook_post (or mlp.hook_pre), not {name!r}")
         n = spec.neurons
-        if _is_concrete(n):
+        if is_concrete(n):
             n = np.asarray(n)
             if n.size and (n.min() < 0 or n.max() >= x.shape[-1]):
                 bad = n[(n < 0) | (n >= x.shape[-1])]

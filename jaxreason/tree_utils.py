@@ -48,3 +48,13 @@ def path_names(path) -> tuple[str, ...]:
 def path_str(path) -> str:
     """``"h_0/attn/c_attn/kernel"`` for a ``jax.tree_util`` key path."""
     return "/".join(path_names(path))
+
+
+def get_path(tree: dict, path) -> Any:
+    """The node at ``path`` (a sequence of keys); a KeyError names the missing key."""
+    node = tree
+    for i, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"parameter tree has no {'/'.join(map(str, path[:i + 1]))!r}")
+        node = node[key]
+    return node

@@ -405,24 +405,12 @@ def _sliding_window_from_hf(hf: dict, model_type: str) -> int | None:
     return int(window) if window is not None else None
 
 
-CONFIG_CLASSES = {"gpt2": GPT2Config, "llama": LlamaConfig}
+def __getattr__(name: str):
+    """``config_from_hf`` and ``config_from_dict`` dispatch on the family registry, which
+    imports this module; they live in ``jaxreason.models.families`` and are re-exported here
+    on first use."""
+    if name in ("config_from_hf", "config_from_dict"):
+        from jaxreason.models import families
 
-
-def config_from_hf(hf: dict, strict: bool = True, **overrides) -> BaseConfig:
-    """Dispatch a HF config dict to the family that implements its ``model_type``."""
-    model_type = hf.get("model_type")
-    if model_type == "gpt2":
-        return GPT2Config.from_hf(hf, strict=strict, **overrides)
-    if model_type in LlamaConfig.MODEL_TYPES:
-        return LlamaConfig.from_hf(hf, strict=strict, **overrides)
-    raise ValueError(f"model_type={model_type!r} is not supported; allowed: "
-                     f"{['gpt2', *LlamaConfig.MODEL_TYPES]}")
-
-
-def config_from_dict(d: dict) -> BaseConfig:
-    """Inverse of ``BaseConfig.to_dict`` (used for configs saved beside checkpoints)."""
-    d = dict(d)
-    family = d.pop("family", None)
-    if family not in CONFIG_CLASSES:
-        raise ValueError(f"config family={family!r} is not one of {sorted(CONFIG_CLASSES)}")
-    return CONFIG_CLASSES[family](**d)
+        return getattr(families, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from jaxreason.hooks import (captured_position_axis, check_positions, check_request_positions,
                              make_plan, normalize_capture)
+from jaxreason.models.families import family_of
 from jaxreason.models.layers import KVCache
 from jaxreason.models.lm import CausalLM
 from jaxreason.reductions import Reduction
@@ -246,9 +247,10 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     b, t = ids.shape
     start = 0 if prefix is None else prefix.max_len
     total = start + t + max_new_tokens
-    if model.family == "gpt2" and total > model.config.max_position_embeddings:
-        raise ValueError(f"prefix + prompt + max_new_tokens = {total} exceeds GPT-2's "
-                         f"{model.config.max_position_embeddings} positions")
+    limit = family_of(model).position_limit(model.config)
+    if limit is not None and total > limit:
+        raise ValueError(f"prefix + prompt + max_new_tokens = {total} exceeds "
+                         f"{family_of(model).title}'s {limit} positions")
     check_request_positions(None, interventions, total)
     _check_prompt_slots(cap, start, t)
     if prefix is None:

@@ -2,9 +2,10 @@
 
 Submodule and parameter names mirror HuggingFace's ``GPT2LMHeadModel`` (``wte``, ``wpe``,
 ``h_{i}``, ``ln_1``, ``attn.c_attn``, ``attn.c_proj``, ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``,
-``ln_f``), so the converter in ``hf.py`` is a short rename table. Kernels are (in, out), which
-is also how HF's Conv1D stores them. All activation reading and editing goes through the
-shared pieces in ``layers.py``.
+``ln_f``), so converting checkpoints is a rename rule. Kernels are (in, out), which is also
+how HF's Conv1D stores them. All activation reading and editing goes through the shared
+pieces in ``layers.py``. ``FAMILY`` at the bottom describes these names (and the rest of what
+code outside the module needs to know about GPT-2) for ``jaxreason.models.families``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxreason.hooks import block_name
+from jaxreason.hooks import HOOK_TEMPLATES, block_name
 from jaxreason.models.config import GPT2Config, dtype_of
+from jaxreason.models.family import Family
 from jaxreason.models.layers import (Context, LayerNorm, attention_core, dense, logical,
                                      residual_block, tied_logits)
 
@@ -76,6 +78,11 @@ class GPT2Block(nn.Module):
                               lambda h: mlp(ctx, h))
 
 
+def final_norm(c: GPT2Config, name: str | None = None) -> LayerNorm:
+    """The final LayerNorm (``ln_f``), shared by the module and the family description."""
+    return LayerNorm(c.layer_norm_epsilon, dtype_of(c.param_dtype), name=name)
+
+
 class GPT2Module(nn.Module):
     """The whole GPT-2; ``__call__`` returns logits (B, T, V) in float32."""
 
@@ -94,6 +101,24 @@ class GPT2Module(nn.Module):
         x = x + ctx.hooks("hook_pos_embed", wpe(ctx.positions))
         for i in range(c.num_layers):
             x = GPT2Block(c, i, name=f"h_{i}")(ctx, x)
-        x = LayerNorm(c.layer_norm_epsilon, pdt, name="ln_f")(x)
+        x = final_norm(c, name="ln_f")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
         return tied_logits(x, wte.embedding).astype(jnp.float32)
+
+
+FAMILY = Family(
+    name="gpt2", title="GPT-2", config_class=GPT2Config, module_class=GPT2Module,
+    hf_model_types=("gpt2",),
+    presets={"gpt2-tiny": GPT2Config.tiny, "gpt2-small": GPT2Config.small, "gpt2": GPT2Config},
+    hook_templates=frozenset(HOOK_TEMPLATES) - {"blocks.{i}.attn.hook_rot_q",
+                                                "blocks.{i}.attn.hook_rot_k",
+                                                "blocks.{i}.mlp.hook_pre_linear"},
+    # ``c_proj`` is both ``attn.c_proj`` and ``mlp.c_proj``.
+    lora_targets=("c_attn", "c_proj", "c_fc"),
+    block="h_{i}", embedding=("wte", "embedding"), lm_head=None,
+    down_proj=("mlp", "c_proj"), final_norm=("ln_f",), make_final_norm=final_norm,
+    learned_positions=True,
+    # HF's Conv1D already stores (in, out); the original OpenAI files lack "transformer.".
+    hf_block="h.{i}", hf_prefix="transformer.", hf_transposed=False, hf_prefix_optional=True,
+    hf_buffers=(r"(^|\.)attn\.bias$", r"(^|\.)attn\.masked_bias$"),
+)

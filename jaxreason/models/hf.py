@@ -4,9 +4,12 @@ Because jaxreason's parameter names mirror HF's, the mapping is one rule rather 
 ``h_3/attn/c_attn/kernel`` <-> ``transformer.h.3.attn.c_attn.weight`` and
 ``layers_3/self_attn/q_proj/kernel`` <-> ``model.layers.3.self_attn.q_proj.weight``. Llama's
 ``nn.Linear`` weights are stored (out, in) and get transposed; GPT-2's ``Conv1D`` already is
-(in, out). The loader asserts that every parameter is found with the right shape and that no
-checkpoint tensor is left over (except known buffers), so a mismatched checkpoint is an error,
-never a silently half-loaded model.
+(in, out). The per-family parts of the rule (prefixes, block names, transposition, buffers)
+come from the family description, ``Family.hf_key``.
+
+The loader asserts that every parameter is found with the right shape and that no checkpoint
+tensor is left over (except known buffers), so a mismatched checkpoint is an error, never a
+silently half-loaded model.
 
 Tensors are read one at a time from memory-mapped safetensors, cast straight to the target
 dtype and placed on the device (or sharding) they will live on.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,25 +28,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreason.models.config import BaseConfig, config_from_hf
+from jaxreason.models.config import BaseConfig
+from jaxreason.models.families import config_from_hf, family_of
 from jaxreason.models.lm import CausalLM
 from jaxreason.tree_utils import flatten, unflatten, unwrap_params
 from jaxreason.models.safetensors_io import CheckpointTensors, shard_plan, write_file
-
-# Buffers some checkpoints carry that are not parameters (causal masks, cached RoPE freqs).
-_IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|rotary_emb\.inv_freq)$")
-
-
-def hf_key(path: tuple[str, ...], family: str) -> tuple[str, bool]:
-    """The HF state-dict key of a jaxreason parameter path, and whether it is transposed."""
-    parts = [re.sub(r"^(h|layers)_(\d+)$", r"\1.\2", p) for p in path]
-    leaf = {"kernel": "weight", "embedding": "weight"}.get(parts[-1], parts[-1])
-    key = ".".join(parts[:-1] + [leaf])
-    if family == "gpt2":
-        return "transformer." + key, False
-    transposed = path[-1] == "kernel"
-    return (key if path[0] == "lm_head" else "model." + key), transposed
-
 
 def _local_dir(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
@@ -92,14 +80,17 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
     """Read the parameters of ``model`` from a checkpoint directory, tensor by tensor."""
     ckpt = CheckpointTensors(directory)
     cfg = model.config
+    family = family_of(model)
     target_dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
     wanted = flatten(model.param_shapes())
     place = _placement(shardings)
     loaded, used = {}, set()
     for path, spec in tqdm(wanted.items(), desc="loading tensors", disable=not progress):
-        key, transposed = hf_key(path, cfg.family)
-        if key not in ckpt and key.startswith("transformer.") and key[12:] in ckpt:
-            key = key[12:]  # the original OpenAI GPT-2 files carry no "transformer." prefix
+        key, transposed = family.hf_key(path)
+        bare = key[len(family.hf_prefix):]
+        if (key not in ckpt and family.hf_prefix_optional and key.startswith(family.hf_prefix)
+                and bare in ckpt):
+            key = bare
         if key not in ckpt:
             raise KeyError(f"checkpoint {directory} lacks tensor {key!r} (for parameter "
                            f"{'/'.join(path)} of shape {spec.shape})")
@@ -112,9 +103,9 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
                              f"{tuple(spec.shape)}")
         loaded[path] = place(path, np.asarray(arr, dtype=target_dtype))
         used.add(key)
-    leftover = [k for k in ckpt.keys() if k not in used and not _IGNORED.search(k)]
+    leftover = [k for k in ckpt.keys() if k not in used and not family.is_hf_buffer(k)]
     if cfg.tie_word_embeddings:
-        leftover = [k for k in leftover if k != "lm_head.weight"]
+        leftover = [k for k in leftover if k != family.hf_tied_head]
     if leftover and strict:
         raise ValueError(f"checkpoint {directory} has tensors this {cfg.family} config does not "
                          f"use: {leftover[:8]}{' ...' if len(leftover) > 8 else ''}")
@@ -146,8 +137,9 @@ def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) ->
         raise ValueError(f"params hold LoRA adapters ({lora[0]}, ...); merge them into the base "
                          "weights first with jaxreason.train.lora.merge_lora")
     out = {}
+    family = family_of(model)
     for path, value in flat.items():
-        key, transposed = hf_key(path, model.family)
+        key, transposed = family.hf_key(path)
         arr = np.asarray(jax.device_get(value)).astype(np_dtype)
         out[key] = np.ascontiguousarray(arr.T if transposed else arr)
     return out

@@ -4,7 +4,9 @@ One implementation serves Llama 1-3, Mistral and Qwen2/2.5: their differences ar
 fields (``kv_heads``, ``rope_type``, ``sliding_window``, ``qkv_bias``/``o_bias``), not code.
 Names mirror HuggingFace's ``LlamaForCausalLM`` (``embed_tokens``, ``layers_{i}``,
 ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``,
-``mlp.{gate,up,down}_proj``, ``norm``, ``lm_head``); kernels are stored (in, out).
+``mlp.{gate,up,down}_proj``, ``norm``, ``lm_head``); kernels are stored (in, out). ``FAMILY``
+at the bottom describes these names (and the rest of what code outside the module needs to
+know about the family) for ``jaxreason.models.families``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxreason.hooks import block_name
+from jaxreason.hooks import HOOK_TEMPLATES, block_name
 from jaxreason.models.config import LlamaConfig, dtype_of
+from jaxreason.models.family import Family
 from jaxreason.models.layers import (Context, RMSNorm, attention_core, dense, logical,
                                      residual_block, rope_inv_freq, tied_logits)
 
@@ -73,6 +76,11 @@ class LlamaBlock(nn.Module):
                               lambda h: mlp(ctx, h))
 
 
+def final_norm(c: LlamaConfig, name: str | None = None) -> RMSNorm:
+    """The final RMSNorm (``norm``), shared by the module and the family description."""
+    return RMSNorm(c.rms_norm_eps, dtype_of(c.param_dtype), name=name)
+
+
 class LlamaModule(nn.Module):
     """The whole Llama-family model; ``__call__`` returns logits (B, T, V) in float32."""
 
@@ -88,9 +96,24 @@ class LlamaModule(nn.Module):
         x = ctx.hooks("hook_embed", embed(input_ids))
         for i in range(c.num_layers):
             x = LlamaBlock(c, i, name=f"layers_{i}")(ctx, x)
-        x = RMSNorm(c.rms_norm_eps, pdt, name="norm")(x)
+        x = final_norm(c, name="norm")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
         if c.tie_word_embeddings:
             return tied_logits(x, embed.embedding).astype(jnp.float32)
         return dense(c.vocab_size, "lm_head", ("embed", "vocab"), use_bias=False, dtype=dt,
                      param_dtype=pdt)(x).astype(jnp.float32)
+
+
+FAMILY = Family(
+    name="llama", title="Llama", config_class=LlamaConfig, module_class=LlamaModule,
+    hf_model_types=LlamaConfig.MODEL_TYPES,
+    presets={"llama-tiny": LlamaConfig.tiny, "llama": LlamaConfig},
+    hook_templates=frozenset(HOOK_TEMPLATES) - {"hook_pos_embed"},
+    lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    block="layers_{i}", embedding=("embed_tokens", "embedding"), lm_head=("lm_head", "kernel"),
+    down_proj=("mlp", "down_proj"), final_norm=("norm",), make_final_norm=final_norm,
+    learned_positions=False,
+    # nn.Linear stores (out, in); the head sits outside HF's "model." prefix.
+    hf_block="layers.{i}", hf_prefix="model.", hf_transposed=True,
+    hf_unprefixed=frozenset({"lm_head"}), hf_buffers=(r"(^|\.)rotary_emb\.inv_freq$",),
+)

@@ -27,15 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxreason.hooks import check_request_positions, hook_names, make_plan, normalize_capture
-from jaxreason.models.config import BaseConfig, GPT2Config, LlamaConfig
-from jaxreason.models.gpt2 import GPT2Module
+from jaxreason.hooks import check_request_positions, is_concrete, make_plan, normalize_capture
+from jaxreason.models.config import BaseConfig
+from jaxreason.models.families import config_classes, family_of
 from jaxreason.models.layers import KVCache, build_context, finish_cache
-from jaxreason.models.llama import LlamaModule
 from jaxreason.reductions import Reduction
 from jaxreason.tree_utils import unwrap_params
-
-MODULES = {"gpt2": GPT2Module, "llama": LlamaModule}
 
 
 @struct.dataclass
@@ -45,10 +42,6 @@ class ModelOutput:
     logits: jax.Array  # (B, T, V) float32
     captured: dict = struct.field(default_factory=dict)
     cache: KVCache | None = None
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +56,12 @@ class CausalLM:
 
     @functools.cached_property
     def module(self) -> nn.Module:
-        return MODULES[self.family](self.config)
+        return family_of(self).module_class(self.config)
 
     @functools.cached_property
     def hook_names(self) -> tuple[str, ...]:
         """Every valid hook name of this model, in forward order."""
-        return hook_names(self.family, self.config.num_layers)
+        return family_of(self).hook_names(self.config.num_layers)
 
     # ------------------------------------------------------------------ parameters
 
@@ -126,8 +119,7 @@ class CausalLM:
         window = getattr(self.config, "sliding_window", None)
         ctx, mask, key_valid, key_pos = build_context(plan, input_ids, attention_mask,
                                                       position_ids, cache, window)
-        if self.family == "gpt2":
-            self._check_positions(ctx.positions)
+        self._check_positions(ctx.positions)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         logits = self.module.apply({"params": unwrap_params(params)}, ctx, input_ids, rngs=rngs)
         return ModelOutput(logits=logits, captured=ctx.hooks.captured,
@@ -158,23 +150,25 @@ class CausalLM:
             if arr is not None and tuple(arr.shape) != tuple(shape):
                 raise ValueError(f"{name} has shape {tuple(arr.shape)} but input_ids has "
                                  f"shape {tuple(shape)}")
-        if _is_concrete(input_ids) and input_ids.size:
+        if is_concrete(input_ids) and input_ids.size:
             ids = np.asarray(input_ids)
             if ids.min() < 0 or ids.max() >= self.config.vocab_size:
                 bad = int(ids.max() if ids.max() >= self.config.vocab_size else ids.min())
                 raise ValueError(f"token id {bad} is outside the vocabulary 0.."
                                  f"{self.config.vocab_size - 1}")
-        if cache is not None and _is_concrete(cache.length):
+        if cache is not None and is_concrete(cache.length):
             if int(cache.length) + shape[1] > cache.max_len:
                 raise ValueError(f"the cache has {cache.max_len - int(cache.length)} free slots "
                                  f"but {shape[1]} tokens were given; create a larger cache")
 
     def _check_positions(self, positions):
-        if _is_concrete(positions) and positions.size:
+        family = family_of(self)
+        limit = family.position_limit(self.config)
+        if limit is not None and is_concrete(positions) and positions.size:
             top = int(np.asarray(positions).max())
-            if top >= self.config.max_position_embeddings:
-                raise ValueError(f"position {top} exceeds GPT-2's learned positions "
-                                 f"0..{self.config.max_position_embeddings - 1}")
+            if top >= limit:
+                raise ValueError(f"position {top} exceeds {family.title}'s learned positions "
+                                 f"0..{limit - 1}")
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -196,8 +190,9 @@ def _jitted_apply(model: CausalLM, params, input_ids, attention_mask, position_i
 
 def from_config(config: BaseConfig, seed: int = 0) -> tuple[CausalLM, dict]:
     """A fresh randomly initialised model and its parameters."""
-    if not isinstance(config, (GPT2Config, LlamaConfig)):
-        raise TypeError(f"config must be a GPT2Config or LlamaConfig, got {type(config).__name__}")
+    if not isinstance(config, config_classes()):
+        names = " or ".join(c.__name__ for c in config_classes())
+        raise TypeError(f"config must be a {names}, got {type(config).__name__}")
     model = CausalLM(config)
     return model, model.init(jax.random.PRNGKey(seed))
 

@@ -6,18 +6,11 @@ from __future__ import annotations
 import jax
 
 from jaxreason import tasks
-from jaxreason.models import GPT2Config, LlamaConfig, from_config, load_pretrained
+from jaxreason.models import from_config, load_pretrained
+from jaxreason.models.families import presets
 from jaxreason.models.lm import CausalLM
 from jaxreason.train.config import DataSection, ModelSection, PeftSection
 from jaxreason.train.data import TokenDataset
-
-PRESETS = {
-    "gpt2-tiny": (GPT2Config, GPT2Config.tiny),
-    "gpt2-small": (GPT2Config, GPT2Config.small),
-    "llama-tiny": (LlamaConfig, LlamaConfig.tiny),
-    "gpt2": (GPT2Config, GPT2Config),
-    "llama": (LlamaConfig, LlamaConfig),
-}
 
 
 def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
@@ -27,9 +20,10 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
         if section.overrides:
             raise ValueError("model.overrides only apply to presets, not to model.hf_path")
         return load_pretrained(section.hf_path, **dtypes)
-    if section.preset not in PRESETS:
-        raise ValueError(f"model.preset={section.preset!r} is not one of {sorted(PRESETS)}")
-    _, make = PRESETS[section.preset]
+    known = presets()
+    if section.preset not in known:
+        raise ValueError(f"model.preset={section.preset!r} is not one of {sorted(known)}")
+    make = known[section.preset]
     try:
         config = make(**{**section.overrides, **dtypes})
     except TypeError as e:

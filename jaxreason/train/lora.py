@@ -34,24 +34,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from jaxreason.tree_utils import copy_tree
+from jaxreason.models.families import family_of
+from jaxreason.tree_utils import copy_tree, get_path
 
-# Dense layers LoRA may target, per family. GPT-2's ``c_proj`` is both ``attn.c_proj`` and
-# ``mlp.c_proj``; a target with a dot (or a wildcard) is a pattern on the module path.
-LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
 LORA_LEAVES = ("lora_a", "lora_b", "lora_scale", "lora_dropout")
 # The LoRA leaves an optimizer updates; the scalars are configuration, not weights.
 LORA_TRAINABLE = ("lora_a", "lora_b")
-
-
-def _family(family_or_model: Any) -> str:
-    family = getattr(family_or_model, "family", family_or_model)
-    if family not in LORA_TARGETS:
-        raise ValueError(f"family={family!r} is not supported; allowed: {sorted(LORA_TARGETS)}")
-    return family
 
 
 def _dense_modules(tree: dict, prefix: tuple = ()) -> Iterable[tuple[tuple[str, ...], dict]]:
@@ -74,13 +62,14 @@ def select_targets(params: dict, family: Any, targets: Iterable[str] | str | Non
                    ) -> list[tuple[str, ...]]:
     """Paths of the dense modules that ``targets`` pick (default: every LoRA-able module).
 
-    A target is a module name from :data:`LORA_TARGETS` (``"c_proj"``: every such module) or
-    a pattern on the ``.``- or ``/``-joined module path (``"attn.c_proj"``,
-    ``"h_0.mlp.*"``). Only modules named in :data:`LORA_TARGETS` are candidates, so the LM
-    head and embeddings can never be picked. A target matching nothing is a ValueError.
+    A target is a module name from the family's ``lora_targets`` (``"c_proj"``: every such
+    module; GPT-2's is both ``attn.c_proj`` and ``mlp.c_proj``) or a pattern on the ``.``- or
+    ``/``-joined module path (``"attn.c_proj"``, ``"h_0.mlp.*"``). Only modules named in
+    ``lora_targets`` are candidates, so the LM head and embeddings can never be picked. A
+    target matching nothing is a ValueError.
     """
-    family = _family(family)
-    names = LORA_TARGETS[family]
+    spec = family_of(family)
+    family, names = spec.name, spec.lora_targets
     candidates = [p for p, _ in _dense_modules(params) if p[-1] in names]
     if targets is None:
         targets = names
@@ -104,19 +93,13 @@ def select_targets(params: dict, family: Any, targets: Iterable[str] | str | Non
     return sorted(chosen)
 
 
-def _node(tree: dict, path: tuple[str, ...]) -> dict:
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
 def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = None,
              rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, rng=None) -> dict:
     """A new param tree with LoRA adapters next to each targeted kernel.
 
     Args:
       params: the base parameter tree (not modified).
-      family: ``"gpt2"``, ``"llama"`` or a ``CausalLM``.
+      family: a family name (``"gpt2"``, ``"llama"``), a ``CausalLM`` or its config.
       targets: module names / path patterns (see :func:`select_targets`); None = all.
       rank: adapter rank r.
       alpha: LoRA alpha; the adapter output is scaled by ``alpha / rank``.
@@ -133,7 +116,7 @@ def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = No
     rng = jax.random.PRNGKey(0) if rng is None else rng
     out = copy_tree(params)
     for i, path in enumerate(paths):
-        node = _node(out, path)
+        node = get_path(out, path)
         d_in, d_out = node["kernel"].shape
         bound = 1.0 / d_in ** 0.5
         node["lora_a"] = jax.random.uniform(jax.random.fold_in(rng, i), (d_in, rank),

@@ -30,24 +30,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreason.models.families import FAMILIES, family_of
 from jaxreason.train.lora import LORA_LEAVES, LORA_TRAINABLE
 from jaxreason.tree_utils import path_names
 
 MODES = ("all", "lora", "new-embeddings", "lora+new-embeddings", "patterns")
 NEVER_TRAINABLE = tuple(k for k in LORA_LEAVES if k not in LORA_TRAINABLE)
-# Last two path names of vocabulary-indexed leaves, and their vocabulary axis.
-VOCAB_AXES = {("wte", "embedding"): 0, ("embed_tokens", "embedding"): 0,
-              ("lm_head", "kernel"): 1}
-FAMILY_VOCAB_LEAVES = {"gpt2": {("wte", "embedding")},
-                       "llama": {("embed_tokens", "embedding"), ("lm_head", "kernel")}}
+# Last two path names of vocabulary-indexed leaves of any family, and their vocabulary axis.
+VOCAB_AXES = {tail: axis for f in FAMILIES.values() for tail, axis in f.vocab_leaves().items()}
 
 
 def vocab_axis(names: tuple[str, ...], family: str | None = None) -> int | None:
-    """The vocabulary axis of a leaf (0 for embeddings, 1 for the (D, V) head), else None."""
-    tail = tuple(names[-2:])
-    if family is not None and tail not in FAMILY_VOCAB_LEAVES[family]:
-        return None
-    return VOCAB_AXES.get(tail)
+    """The vocabulary axis of a leaf (0 for embeddings, 1 for the (D, V) head), else None.
+
+    With ``family``, only that family's vocabulary leaves count."""
+    axes = VOCAB_AXES if family is None else family_of(family).vocab_leaves()
+    return axes.get(tuple(names[-2:]))
 
 
 def trainable_mask(params: dict, mode: str, patterns: Iterable[str] | str | None = None,
@@ -114,9 +112,8 @@ def freeze_old_rows(old_vocab: int, family: str | None = None) -> optax.Gradient
     """
     if not isinstance(old_vocab, int) or old_vocab <= 0:
         raise ValueError(f"old_vocab must be a positive int, got {old_vocab!r}")
-    if family is not None and family not in FAMILY_VOCAB_LEAVES:
-        raise ValueError(f"family={family!r} is not supported; allowed: "
-                         f"{sorted(FAMILY_VOCAB_LEAVES)}")
+    if family is not None:
+        family_of(family)  # an unknown family is an error now, not at the first update
 
     def zero_old(path, u):
         axis = vocab_axis(path_names(path), family)

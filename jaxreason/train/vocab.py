@@ -22,12 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreason.models.families import family_of
 from jaxreason.models.lm import CausalLM
 from jaxreason.tree_utils import copy_tree, unwrap_params
-
-# (module, leaf) of the input embedding per family; the untied head is always lm_head/kernel.
-EMBEDDING = {"gpt2": ("wte", "embedding"), "llama": ("embed_tokens", "embedding")}
-HEAD = ("lm_head", "kernel")
 
 
 def _check_init(init, num_new: int, old_vocab: int) -> list[list[int] | None]:
@@ -97,7 +94,8 @@ def add_tokens(model: CausalLM, params: dict, num_new: int,
     cfg = model.config
     old = cfg.vocab_size
     params = unwrap_params(params)
-    module, leaf = EMBEDDING[cfg.family]
+    family = family_of(cfg)
+    module, leaf = family.embedding
     table = params[module][leaf]
     if table.shape[0] != old:
         raise ValueError(f"{module}/{leaf} has {table.shape[0]} rows but the model's vocab_size "
@@ -107,10 +105,12 @@ def add_tokens(model: CausalLM, params: dict, num_new: int,
     out = copy_tree(params)
     out[module][leaf] = jnp.concatenate(
         [table, _new_rows(table, sources, rng_embed, noise_scale)], axis=0)
-    if not cfg.tie_word_embeddings:
-        kernel = params[HEAD[0]][HEAD[1]]  # (D, V): the head's rows are its columns
+    head = family.head_path(cfg)
+    if head is not None:
+        head_module, head_leaf = head
+        kernel = params[head_module][head_leaf]  # (D, V): the head's rows are its columns
         cols = _new_rows(kernel.T, sources, rng_head, noise_scale).T
-        out[HEAD[0]][HEAD[1]] = jnp.concatenate([kernel, cols], axis=1)
+        out[head_module][head_leaf] = jnp.concatenate([kernel, cols], axis=1)
     return CausalLM(cfg.replace(vocab_size=old + int(num_new))), out
 
 
