@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import jax
 
-from jaxreason import tasks
+from jaxreason.data import TokenDataset, build_dataset
 from jaxreason.models import GPT2Config, LlamaConfig, from_config, load_pretrained
 from jaxreason.models.lm import CausalLM
 from jaxreason.train.config import DataSection, ModelSection, PeftSection
-from jaxreason.train.data import TokenDataset
 
 PRESETS = {
     "gpt2-tiny": (GPT2Config, GPT2Config.tiny),
@@ -72,5 +71,5 @@ def build_data(section: DataSection, seed: int) -> tuple[TokenDataset, TokenData
             raise ValueError("data.source=arrays needs data.path (a directory of .npy files)")
         full = TokenDataset.load(section.path)
     else:
-        full = tasks.build(section.source, seed=seed, **section.task_args)
+        full = build_dataset(section.source, seed=seed, **section.task_args)
     return full.split(section.eval_fraction, section.shuffle_seed)

@@ -38,7 +38,7 @@ class ModelSection:
 class DataSection:
     """Where token data comes from.
 
-    ``source``: ``arrays`` (a directory of ``.npy`` files written by ``jaxreason.train.data``:
+    ``source``: ``arrays`` (a directory of ``.npy`` files written by ``jaxreason.data.TokenDataset.save``:
     ``tokens.npy``, ``loss_mask.npy``, ...; memory-mapped, so larger than memory is fine) or a
     registered synthetic task name (``copy`` is built in; the studies register theirs).
     """

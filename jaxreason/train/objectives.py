@@ -3,8 +3,12 @@
 An objective is ``fn(model, params, batch, rng, **options) -> (loss, metrics)`` where
 ``metrics`` is a dict of scalars (summed over examples as ``(total, count)`` pairs are not
 needed: every metric is already a mean over the batch's counted items). Studies register
-their own with :func:`register` (the transplant study adds a two-pass objective that runs
+their own with ``OBJECTIVES.register`` (the transplant study adds a two-pass objective that runs
 the model twice and differentiates through both).
+
+Objectives live in :data:`jaxreason.registry.OBJECTIVES`; the ones below are built in, and
+the registry finds the ones studies define from its module list, so the training loop never
+imports a study.
 """
 
 from __future__ import annotations
@@ -15,24 +19,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxreason.registry import OBJECTIVES
+
 Objective = Callable[..., tuple[jax.Array, dict]]
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register(name: str):
-    """Decorator adding an objective under ``name`` (usable as ``trainer.objective``)."""
-    def wrap(fn: Objective) -> Objective:
-        OBJECTIVES[name] = fn
-        return fn
-    return wrap
+register = OBJECTIVES.register
 
 
 def get(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        import jaxreason.tasks.all  # noqa: F401  (tasks register their own objectives)
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; registered: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    """The objective registered as ``name`` (a ConfigError lists the known ones)."""
+    return OBJECTIVES.get(name)
 
 
 def _forward(model, params, batch, rng):
@@ -55,7 +50,8 @@ def causal_lm(model, params, batch, rng, **_):
                   "sequence_accuracy": exact.mean()}
 
 
-def _answer_logits(model, params, batch, rng):
+def answer_logits(model, params, batch, rng):
+    """(B, V) logits at one position per row: ``predict_at``, else the last real token."""
     logits = _forward(model, params, batch, rng)
     at = batch.get("predict_at")
     if at is None:  # the last real token of each row
@@ -66,7 +62,7 @@ def _answer_logits(model, params, batch, rng):
 @register("last_token")
 def last_token(model, params, batch, rng, **_):
     """Cross-entropy of ``labels`` at one position per row (``predict_at``, default: last)."""
-    logits = _answer_logits(model, params, batch, rng)
+    logits = answer_logits(model, params, batch, rng)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
     acc = (jnp.argmax(logits, -1) == batch["labels"]).mean()
     return loss, {"loss": loss, "accuracy": acc}
@@ -76,7 +72,7 @@ def last_token(model, params, batch, rng, **_):
 def classify(model, params, batch, rng, *, classify_tokens=(), **_):
     """Softmax over a chosen token subset; ``labels`` index into ``classify_tokens``."""
     tokens = jnp.asarray(classify_tokens, jnp.int32)
-    logits = _answer_logits(model, params, batch, rng)[:, tokens]  # (B, C)
+    logits = answer_logits(model, params, batch, rng)[:, tokens]  # (B, C)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
     acc = (jnp.argmax(logits, -1) == batch["labels"]).mean()
     return loss, {"loss": loss, "accuracy": acc}

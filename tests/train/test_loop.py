@@ -16,7 +16,7 @@ import pytest
 from jaxreason.train import loop
 from jaxreason.train.build import apply_peft, build_model
 from jaxreason.train.config import load_train_config
-from jaxreason.train.data import TokenDataset
+from jaxreason.data import TokenDataset
 from jaxreason.train.lora import merge_lora
 from jaxreason.train.optim import build_optimizer, decay_mask, path_str
 from jaxreason.train.vocab import add_tokens

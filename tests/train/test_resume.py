@@ -18,7 +18,7 @@ import time
 import pytest
 
 from jaxreason.train.__main__ import cli
-from jaxreason.train.data import TokenDataset
+from jaxreason.data import TokenDataset
 from jaxreason.train.loop import MetricsLog, losses
 
 RUN = ("--trainer.steps=30", "--checkpoint.save_every=10", "--schedule.kind=cosine",

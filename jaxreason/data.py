@@ -23,6 +23,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
+from jaxreason.registry import TASKS
+
 KNOWN_FIELDS = ("tokens", "attention_mask", "loss_mask", "labels", "predict_at")
 
 
@@ -157,3 +159,13 @@ def pad_to_bucket(batch: dict, buckets) -> dict:
     size = next((b for b in sorted(buckets) if b >= used), t)
     size = min(max(size, used), t)
     return {k: (v[:, :size] if v.ndim == 2 and v.shape[1] == t else v) for k, v in batch.items()}
+
+
+def build_dataset(name: str, seed: int, **args) -> TokenDataset:
+    """The dataset of the task registered as ``name`` (see :data:`jaxreason.registry.TASKS`);
+    an unknown name lists the registered ones, bad arguments name the task."""
+    build = TASKS.get(name)
+    try:
+        return build(seed=seed, **args)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: bad data.task_args {sorted(args)}: {e}") from None
