@@ -199,7 +199,7 @@ def main(config: TrainConfig) -> dict:
         return json.loads(final_path.read_text())
     train_data, eval_data = build_data(config.data, seed)
     objective = objectives.get(config.trainer.objective)
-    options = {"classify_tokens": config.trainer.classify_tokens}
+    options = config.trainer.options()
     use_dropout = "lora" in config.peft.mode and config.peft.lora_dropout > 0
     step_fn = make_train_step(model, tx, objective, options, config.optimizer.accumulate,
                               use_dropout)

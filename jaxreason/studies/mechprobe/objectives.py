@@ -12,7 +12,7 @@ from jaxreason.train.objectives import answer_logits
 
 
 @OBJECTIVES.register("last_token_double_softmax")
-def last_token_double_softmax(model, params, batch, rng, **_):
+def last_token_double_softmax(model, params, batch, rng):
     """The original's loss (faithful mode): softmax over the vocabulary at ``predict_at``,
     then cross-entropy applied to those *probabilities* as if they were logits (torch
     ``CrossEntropyLoss(softmax(logits), label)``), i.e. ``logsumexp(p) - p[label]``: a
