@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreason.train import loop
+from jaxreason.train import callbacks, loop
 from jaxreason.train.build import apply_peft, build_model
 from jaxreason.train.config import load_train_config
 from jaxreason.data import TokenDataset
@@ -46,13 +46,13 @@ def llama_run(train, tmp_path_factory):
 def export_spy(monkeypatch):
     """Record the (model, params) that ``main`` exports; the real export still runs."""
     seen = {}
-    real = loop.export_hf
+    real = callbacks.export_hf
 
     def spy(model, params, path):
         seen.update(model=model, params=jax.device_get(params), path=path)
         return real(model, params, path)
 
-    monkeypatch.setattr(loop, "export_hf", spy)
+    monkeypatch.setattr(callbacks, "export_hf", spy)
     return seen
 
 
