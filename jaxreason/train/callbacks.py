@@ -78,6 +78,9 @@ def run_due(callbacks, info: StepInfo, last_step: int, epoch_ended: bool) -> Non
     for cb in callbacks:
         if cb.due(info.step, last_step, epoch_ended):
             extra = cb.fn(info)
+            if extra is not None and not isinstance(extra, Mapping):
+                raise TypeError(f"callback {cb.label} returned {type(extra).__name__}; a "
+                                "callback returns a dict of metrics or None")
             if extra:
                 # NumPy / JAX scalars become floats, so the row stays JSON
                 info.metrics.update({k: float(v) if hasattr(v, "dtype") else v
@@ -117,8 +120,10 @@ def evaluation(eval_data, eval_fn, config) -> Callback:
 
 def hf_export() -> Callback:
     """A HuggingFace directory ``<run_dir>/hf`` of the final weights (LoRA merged)."""
-    return Callback(lambda info: export_hf(info.model, info.params, info.run_dir / "hf"),
-                    at_end=True, name="hf_export")
+    def run(info: StepInfo) -> None:
+        export_hf(info.model, info.params, info.run_dir / "hf")
+
+    return Callback(run, at_end=True, name="hf_export")
 
 
 def export_hf(model, params, path) -> Path:
