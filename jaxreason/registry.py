@@ -45,7 +45,7 @@ class Registry(Generic[T]):
         override would make the result depend on import order)."""
         def add(obj: T) -> T:
             old = self._entries.get(name)
-            if old is not None and old is not obj and _qualname(old) != _qualname(obj):
+            if old is not None and not _same(old, obj):
                 raise ValueError(f"{self.kind} {name!r} is already registered "
                                  f"({_qualname(old)}); cannot register {_qualname(obj)}")
             self._entries[name] = obj
@@ -82,10 +82,14 @@ class Registry(Generic[T]):
         self.discover()
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
-        if name not in self._entries:
-            self.discover()
-        return name in self._entries
+
+def _same(old, new) -> bool:
+    """One entry registered twice: the object itself, an equal one, or the same function or
+    class defined again (a module imported a second time)."""
+    if old is new or old == new:
+        return True
+    return hasattr(old, "__qualname__") and hasattr(new, "__qualname__") and (
+        _qualname(old) == _qualname(new))
 
 
 def _qualname(obj) -> str:
