@@ -110,8 +110,11 @@ def evaluate(params, data, batch_size: int, eval_batches: int, mesh, eval_fn) ->
 
 
 def evaluation(eval_data, eval_fn, config) -> Callback:
-    """Held-out metrics (``eval_*``) every ``trainer.eval_every`` steps and after the last."""
+    """Held-out metrics (``eval_*``) every ``trainer.eval_every`` steps and after the last
+    (none without held-out data; the step's row is still written, as it always was)."""
     def run(info: StepInfo) -> dict:
+        if eval_data is None:
+            return {}
         return evaluate(info.params, eval_data, config.data.batch_size,
                         config.data.eval_batches, info.mesh, eval_fn)
 
