@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxreason.tasks import register
-from jaxreason.train.data import TokenDataset
+from jaxreason.data import TokenDataset
+from jaxreason.registry import TASKS
 
 BOS, SEP = 1, 2
 FIRST_SYMBOL = 3
 
 
-@register("copy")
+@TASKS.register("copy")
 def copy_task(seed: int, rows: int = 2048, length: int = 8, symbols: int = 16) -> TokenDataset:
     rng = np.random.default_rng(seed)
     x = rng.integers(FIRST_SYMBOL, FIRST_SYMBOL + symbols, size=(rows, length))

@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxreason.tasks import register
+from jaxreason.data import TokenDataset
+from jaxreason.registry import TASKS
 from jaxreason.tasks.formula_tokens import FormulaTokenizer
 from jaxreason.tasks.formulas import CONFIGS, edit_pairs_for, make_splits, sample_problem
-from jaxreason.train.data import TokenDataset
 
 HELD_OUT_SPLITS = ("valid", "test", "probing_train")
 
@@ -70,7 +70,7 @@ def pack_rows(configs: Sequence[str], rows: int, seq_len: int, seed: int, exclud
     return tokens, attn, loss
 
 
-@register("formulas")
+@TASKS.register("formulas")
 def formulas_task(seed: int, rows: int = 20000, seq_len: int = 384,
                   configs: Sequence[str] = CONFIGS, weights: Sequence[float] | None = None,
                   data_seed: int = 1000) -> TokenDataset:

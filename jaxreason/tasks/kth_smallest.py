@@ -27,9 +27,8 @@ with ``data.eval_fraction``, so the task's **test** split is never trained on an
 evaluates and probes on it (:func:`kth_smallest_lists` gives the raw number lists of
 every split, which the probe needs to label positions by size rank).
 
-This module also registers the objective ``last_token_double_softmax`` (the original's
-loss, faithful mode) and holds the duplicate-aware probe labels
-(:func:`useful_and_answer_labels`).
+This module also holds the duplicate-aware probe labels (:func:`useful_and_answer_labels`);
+the original's loss is the study's objective (:mod:`jaxreason.studies.mechprobe.objectives`).
 """
 
 from __future__ import annotations
@@ -39,15 +38,10 @@ import functools
 import random
 from collections.abc import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxreason.tasks import register
-from jaxreason.train.data import TokenDataset
-from jaxreason.train.objectives import _answer_logits
-from jaxreason.train.objectives import register as register_objective
+from jaxreason.data import TokenDataset
+from jaxreason.registry import TASKS
 
 PAD = 0  # embedded vocabulary: padding (never produced by the data)
 FIRST = 1  # embedded vocabulary: number n is token FIRST + n
@@ -279,7 +273,7 @@ def encode(lists: np.ndarray, vocab: NumberVocab, k: int, name: str = "kth_small
                          "predict_at": np.full((n,), length - 1, np.int32)}, name=name)
 
 
-@register("kth_smallest")
+@TASKS.register("kth_smallest")
 def kth_smallest_task(seed: int, k: int = 1, rows: int = 100_000, numbers: int | None = None,
                       length: int = 16, tokenizer_path: str | None = None,
                       split: str = "trainval", data_seed: int = ORIGINAL_SEED) -> TokenDataset:
@@ -340,19 +334,3 @@ def useful_and_answer_labels_batch(lists: np.ndarray, k: int) -> tuple[np.ndarra
         return np.zeros((0, np.shape(lists)[1]), np.int8), np.zeros((0,), np.int64)
     p1, ans = zip(*pairs)
     return np.stack(p1), np.asarray(ans, np.int64)
-
-
-# --------------------------------------------------------------------------- objective
-
-@register_objective("last_token_double_softmax")
-def last_token_double_softmax(model, params, batch, rng, **_):
-    """The original's loss (faithful mode): softmax over the vocabulary at ``predict_at``,
-    then cross-entropy applied to those *probabilities* as if they were logits (torch
-    ``CrossEntropyLoss(softmax(logits), label)``), i.e. ``logsumexp(p) - p[label]``: a
-    double softmax whose gradient is that of ``-p(label)`` up to a nearly constant
-    factor; the loss stays near ``ln(vocab)``. Accuracy is the argmax of the logits."""
-    logits = _answer_logits(model, params, batch, rng).astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1)
-    loss = optax.softmax_cross_entropy_with_integer_labels(probs, batch["labels"]).mean()
-    acc = (jnp.argmax(logits, -1) == batch["labels"]).mean()
-    return loss, {"loss": loss, "accuracy": acc}

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import jax
 
-from jaxreason import tasks
+from jaxreason.data import TokenDataset, build_dataset
 from jaxreason.models import from_config, load_pretrained
 from jaxreason.models.families import presets
 from jaxreason.models.lm import CausalLM
 from jaxreason.train.config import DataSection, ModelSection, PeftSection
-from jaxreason.train.data import TokenDataset
 
 
 def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
@@ -66,5 +65,5 @@ def build_data(section: DataSection, seed: int) -> tuple[TokenDataset, TokenData
             raise ValueError("data.source=arrays needs data.path (a directory of .npy files)")
         full = TokenDataset.load(section.path)
     else:
-        full = tasks.build(section.source, seed=seed, **section.task_args)
+        full = build_dataset(section.source, seed=seed, **section.task_args)
     return full.split(section.eval_fraction, section.shuffle_seed)

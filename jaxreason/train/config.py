@@ -38,9 +38,10 @@ class ModelSection:
 class DataSection:
     """Where token data comes from.
 
-    ``source``: ``arrays`` (a directory of ``.npy`` files written by ``jaxreason.train.data``:
-    ``tokens.npy``, ``loss_mask.npy``, ...; memory-mapped, so larger than memory is fine) or a
-    registered synthetic task name (``copy`` is built in; the studies register theirs).
+    ``source``: ``arrays`` (a directory of ``.npy`` files written by
+    ``jaxreason.data.TokenDataset.save``: ``tokens.npy``, ``loss_mask.npy``, any extra
+    per-example arrays ...; memory-mapped, so larger than memory is fine) or a task name in
+    ``jaxreason.registry.TASKS`` (``copy`` is built in; the studies register theirs).
     """
 
     source: str = "copy"
@@ -100,10 +101,16 @@ class ScheduleSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainerSection:
-    """The loop: steps, objective, evaluation cadence, where results go."""
+    """The loop: steps, objective, evaluation cadence, where results go.
+
+    ``objective_options`` are the objective's keyword arguments (checked against its
+    signature). ``classify_tokens`` is a deprecated alias of
+    ``objective_options.classify_tokens``, passed only to objectives that take it.
+    """
 
     steps: int = 100
-    objective: str = "causal_lm"  # any name registered in jaxreason.train.objectives
+    objective: str = "causal_lm"  # any name in jaxreason.registry.OBJECTIVES
+    objective_options: dict = dataclasses.field(default_factory=dict)
     classify_tokens: tuple[int, ...] = ()
     eval_every: int = 50
     log_every: int = 10
@@ -121,9 +128,23 @@ class TrainerSection:
             objectives.get(self.objective)
         except ValueError as e:
             raise ConfigError(f"trainer.objective: {e}") from None
-        if self.objective == "classify" and len(self.classify_tokens) < 2:
-            raise ConfigError("trainer.objective=classify needs at least two "
-                              "trainer.classify_tokens")
+        if self.classify_tokens and "classify_tokens" in self.objective_options:
+            raise ConfigError("set classify_tokens once: trainer.objective_options."
+                              "classify_tokens (trainer.classify_tokens is its deprecated alias)")
+        try:
+            objectives.check_options(self.objective, self.options())
+        except ValueError as e:
+            raise ConfigError(f"trainer.objective_options: {e}") from None
+
+    def options(self) -> dict:
+        """The keyword arguments the loop passes to the objective."""
+        from jaxreason.train.objectives import get, option_names
+
+        options = dict(self.objective_options)
+        names, _, open_ended = option_names(get(self.objective))
+        if self.classify_tokens and ("classify_tokens" in names or open_ended):
+            options["classify_tokens"] = self.classify_tokens
+        return options
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Flow: build model (+ LoRA / new tokens) -> place parameters on the mesh by their logical
 axes -> optimizer with a trainable mask -> restore the latest checkpoint when resuming ->
-jitted steps over deterministic batches, with evaluation, JSONL metrics, checkpoints and a
-progress bar -> curves PNG and optional HF export.
+jitted steps over deterministic batches, with JSONL metrics, checkpoints, a progress bar and
+callbacks (:mod:`jaxreason.train.callbacks`: the held-out evaluation, the optional HF export
+and whatever the caller adds) -> curves PNG.
 
 Everything a run depends on lives in the ``TrainState`` pytree (step, params, optimizer
 state, PRNG key) and batch ``s`` is a function of (seed, s), so a run killed and resumed
@@ -16,7 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 from jaxreason import sharding as sh
 from jaxreason.config_io import to_dict
 from jaxreason.train import objectives
+from jaxreason.train.callbacks import (Callback, StepInfo, epochs_done, evaluation, hf_export,
+                                       run_due)
 from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
 from jaxreason.train.config import TrainConfig
 from jaxreason.train.optim import build_optimizer
@@ -107,25 +110,6 @@ def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def evaluate(model, params, data, config: TrainConfig, objective, options, mesh, eval_fn) -> dict:
-    """Mean objective metrics over up to ``data.eval_batches`` held-out batches."""
-    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-    size = min(config.data.batch_size, len(data)) // shards * shards  # rows split evenly
-    if size == 0:
-        return {}
-    totals: dict[str, float] = {}
-    n = 0
-    for batch in data.eval_batches(size, config.data.eval_batches):
-        if len(batch["tokens"]) < size:
-            continue
-        arrays = {k: sh.global_batch(v, mesh) for k, v in batch.items()}
-        _, metrics = eval_fn(params, arrays)
-        for k, v in _scalars(metrics).items():
-            totals[k] = totals.get(k, 0.0) + v
-        n += 1
-    return {f"eval_{k}": v / max(n, 1) for k, v in totals.items()}
-
-
 def initial_state(config: TrainConfig):
     """Model, step-0 ``TrainState`` (placed on the mesh), optimizer, lr schedule and mesh."""
     from jaxreason.train.masks import trainable_optimizer
@@ -171,8 +155,10 @@ def load_trained(config: TrainConfig, best: bool = True):
     return model, state.params
 
 
-def main(config: TrainConfig) -> dict:
-    """Run one training job; returns the final metrics (and writes them to the run dir)."""
+def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
+    """Run one training job; returns the final metrics (and writes them to the run dir).
+
+    ``callbacks`` run after the built-in evaluation (and before the HF export) when due."""
     from jaxreason.train.checkpoint import Checkpointer
 
     run_dir = Path(config.trainer.run_dir).expanduser().resolve()
@@ -199,13 +185,16 @@ def main(config: TrainConfig) -> dict:
         return json.loads(final_path.read_text())
     train_data, eval_data = build_data(config.data, seed)
     objective = objectives.get(config.trainer.objective)
-    options = {"classify_tokens": config.trainer.classify_tokens}
+    options = config.trainer.options()
     use_dropout = "lora" in config.peft.mode and config.peft.lora_dropout > 0
     step_fn = make_train_step(model, tx, objective, options, config.optimizer.accumulate,
                               use_dropout)
     with sh.activation_rules(mesh):
         train_step = jax.jit(step_fn, donate_argnums=0)
         eval_fn = jax.jit(lambda p, b: objective(model, p, b, None, **options))
+    scheduled = [evaluation(eval_data, eval_fn, config), *callbacks,
+                 *([hf_export()] if ck.export_hf else [])]
+    batch_size, last_step = config.data.batch_size, config.trainer.steps
 
     cfg_dict = to_dict(config)
     last: dict = {}
@@ -224,11 +213,12 @@ def main(config: TrainConfig) -> dict:
             tokens_seen, t0 = 0, time.perf_counter()
         else:
             tokens_seen += int(batch["attention_mask"].sum()) * jax.process_count()
-        want_log = done % config.trainer.log_every == 0 or done == config.trainer.steps
-        want_eval = done % config.trainer.eval_every == 0 or done == config.trainer.steps
-        want_save = bool(ck.save_every) and (done % ck.save_every == 0
-                                             or done == config.trainer.steps)
-        if want_log or want_eval or want_save or done == start + 1:
+        epoch = epochs_done(done, batch_size, len(train_data))
+        epoch_ended = epoch > epochs_done(step, batch_size, len(train_data))
+        want_log = done % config.trainer.log_every == 0 or done == last_step
+        want_callback = any(c.due(done, last_step, epoch_ended) for c in scheduled)
+        want_save = bool(ck.save_every) and (done % ck.save_every == 0 or done == last_step)
+        if want_log or want_callback or want_save or done == start + 1:
             row = _scalars(metrics)
             if not all(math.isfinite(v) for v in row.values()):
                 bad = {k: v for k, v in row.items() if not math.isfinite(v)}
@@ -242,9 +232,8 @@ def main(config: TrainConfig) -> dict:
             elapsed = time.perf_counter() - t0
             row.update(step=done, split="train", lr=float(lr_fn(step)),
                        tokens_per_s=tokens_seen / max(elapsed, 1e-9))
-            if want_eval and eval_data is not None:
-                row.update(evaluate(model, state.params, eval_data, config, objective,
-                                    options, mesh, eval_fn))
+            run_due(scheduled, StepInfo(done, epoch, model, state.params, row, run_dir, mesh,
+                                        config), last_step, epoch_ended)
             last = row
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -260,26 +249,5 @@ def main(config: TrainConfig) -> dict:
             from jaxreason.train.plots import plot_curves
 
             plot_curves(MetricsLog.read(run_dir / "metrics.jsonl"), run_dir / "curves.png")
-    if ck.export_hf:
-        export_hf(model, state.params, run_dir / "hf")
     checkpointer.close()
     return result
-
-
-def export_hf(model, params, path) -> Path:
-    """Merge LoRA adapters (if any) and write a HuggingFace directory."""
-    from jaxreason.models import save_pretrained
-    from jaxreason.train.lora import lora_paths, merge_lora
-
-    if jax.process_count() > 1:  # params may span other hosts' devices (FSDP/tensor)
-        from jax.experimental import multihost_utils
-        params = multihost_utils.process_allgather(params, tiled=True)
-    params = jax.device_get(params)
-    if lora_paths(params):
-        params = merge_lora(params)
-    return save_pretrained(model, params, path) if jax.process_index() == 0 else Path(path)
-
-
-def losses(run_dir: str | Path) -> list[float]:
-    """Training losses by logged step (used by the resume tests)."""
-    return [r["loss"] for r in MetricsLog.read(Path(run_dir) / "metrics.jsonl")]

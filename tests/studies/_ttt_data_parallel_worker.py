@@ -11,7 +11,7 @@ from jaxreason.models import from_config
 from jaxreason.models.config import LlamaConfig
 from jaxreason.models.generate import prefill_prefix
 from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
-from jaxreason.studies.ttt_decode import decode_batch
+from jaxreason.studies.think_to_talk.decode import decode_batch
 from jaxreason.tasks import formulas as fm
 from jaxreason.tasks.formula_tokens import FormulaTokenizer
 

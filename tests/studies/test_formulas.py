@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from jaxreason import tasks
+from jaxreason.data import build_dataset
 from jaxreason.tasks import formula_tokens as FT
 from jaxreason.tasks import formulas as F
 from jaxreason.tasks import formulas_lm as FL
@@ -514,7 +514,7 @@ def _build_with_held(held, **args):
     with pytest.MonkeyPatch.context() as mp:
         calls = []
         mp.setattr(FL, "held_out_keys", lambda configs: calls.append(list(configs)) or held)
-        ds = tasks.build("formulas", **args)
+        ds = build_dataset("formulas", **args)
     assert calls == [list(args["configs"])]
     return ds
 
@@ -581,7 +581,7 @@ def test_pack_rows_excludes_keys(monkeypatch):
     pool = _pool()
     monkeypatch.setattr(FL, "sample_problem", lambda base, rng: rng.choice(pool))
     monkeypatch.setattr(FL, "held_out_keys", lambda configs: {p.key for p in pool[:5]})
-    ds = tasks.build("formulas", seed=0, rows=6, seq_len=256, configs=["2step"])
+    ds = build_dataset("formulas", seed=0, rows=6, seq_len=256, configs=["2step"])
     sources = [s for s, _ in _packed_problems(ds.arrays["tokens"], ds.arrays["loss_mask"])]
     assert len(sources) == 6 * 4
     assert set(sources) <= {p.source for p in pool[5:]}
@@ -593,7 +593,7 @@ def test_pack_rows_excludes_keys_in_order_alone(monkeypatch):
     small = {n: in_order[:5] for n in F.SPLIT_SIZES}
     monkeypatch.setattr(FL, "make_splits", lambda config: small)
     monkeypatch.setattr(FL, "sample_problem", lambda base, rng: rng.choice(pool))
-    ds = tasks.build("formulas", seed=0, rows=6, seq_len=256, configs=["2step_in_order"])
+    ds = build_dataset("formulas", seed=0, rows=6, seq_len=256, configs=["2step_in_order"])
     sources = [s for s, _ in _packed_problems(ds.arrays["tokens"], ds.arrays["loss_mask"])]
     assert sources and set(sources) <= {p.source for p in in_order}  # definition order
     assert set(sources) <= {p.source for p in in_order[5:]}
@@ -601,15 +601,15 @@ def test_pack_rows_excludes_keys_in_order_alone(monkeypatch):
 
 def test_formulas_task_mixed_configs_and_errors(monkeypatch):
     monkeypatch.setattr(FL, "held_out_keys", lambda configs: set())
-    ds = tasks.build("formulas", seed=0, rows=12, seq_len=200, configs=["1step", "3step"],
+    ds = build_dataset("formulas", seed=0, rows=12, seq_len=200, configs=["1step", "3step"],
                      weights=[1, 1])
     lengths = {int(ds.arrays["attention_mask"][r].sum()) for r in range(12)}
     assert lengths == {47 * 4, 92 * 2}  # 1step 15+32, 3step 25+67, as many as fit in 200
     with pytest.raises(ValueError, match="unknown configs"):
-        tasks.build("formulas", seed=0, rows=2, configs=["4step"])
+        build_dataset("formulas", seed=0, rows=2, configs=["4step"])
     with pytest.raises(ValueError, match="unknown configs"):
-        tasks.build("formulas", seed=0, rows=2, configs=["general_3formulas"])
+        build_dataset("formulas", seed=0, rows=2, configs=["general_3formulas"])
     with pytest.raises(ValueError, match="weights"):
-        tasks.build("formulas", seed=0, rows=2, configs=["1step"], weights=[1, 2])
+        build_dataset("formulas", seed=0, rows=2, configs=["1step"], weights=[1, 2])
     with pytest.raises(ValueError, match="too short"):
-        tasks.build("formulas", seed=0, rows=2, seq_len=40, configs=["2step"])
+        build_dataset("formulas", seed=0, rows=2, seq_len=40, configs=["2step"])

@@ -9,7 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from jaxreason import tasks
+from jaxreason.data import build_dataset
+from jaxreason.studies.mechprobe.objectives import last_token_double_softmax
 from jaxreason.tasks import kth_smallest as kth
 from jaxreason.train import objectives
 
@@ -221,7 +222,7 @@ def test_double_softmax_objective_by_hand():
     import jax.numpy as jnp
 
     fn = objectives.get("last_token_double_softmax")
-    assert fn is kth.last_token_double_softmax
+    assert fn is last_token_double_softmax
     # row 0 predicts at position 1 with equal logits: p = (.5, .5), loss = log(2e^.5) - .5 = ln 2
     # row 1 predicts at position 2 with logits (ln 3, 0): p = (.75, .25), label 0
     logits = np.full((2, 3, 2), 9.0, np.float32)  # other positions would be wrong if read
@@ -241,7 +242,7 @@ def test_double_softmax_matches_torch_cross_entropy_on_probabilities():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 5, 11)).astype(np.float32) * 3
     labels = rng.integers(0, 11, size=4)
-    loss, _ = kth.last_token_double_softmax(_FixedLogits(jnp.asarray(logits)), None,
+    loss, _ = last_token_double_softmax(_FixedLogits(jnp.asarray(logits)), None,
                                             _batch(labels, [4] * 4, seq=5), None)
     probs = torch.softmax(torch.from_numpy(logits[:, -1]), -1)
     ref = torch.nn.CrossEntropyLoss()(probs, torch.from_numpy(labels).long())
@@ -251,7 +252,7 @@ def test_double_softmax_matches_torch_cross_entropy_on_probabilities():
 # --------------------------------------------------------------------------- registered task
 
 def test_registry_builds_the_embedded_dataset():
-    ds = tasks.build("kth_smallest", seed=0, k=1, rows=1000, numbers=16)
+    ds = build_dataset("kth_smallest", seed=0, k=1, rows=1000, numbers=16)
     lists = kth.kth_smallest_lists(k=1, rows=1000, numbers=16)
     trainval = np.concatenate([lists["train"], lists["validation"]])
     assert len(ds) == 990 and ds.seq_len == 16  # the test split is left out
@@ -262,21 +263,21 @@ def test_registry_builds_the_embedded_dataset():
     assert (ds.arrays["predict_at"] == 15).all()
     assert lists["vocab_size"] == 17 and lists["vocab"].source == "embedded"
 
-    test = tasks.build("kth_smallest", seed=123, k=1, rows=1000, numbers=16, split="test")
+    test = build_dataset("kth_smallest", seed=123, k=1, rows=1000, numbers=16, split="test")
     assert (test.arrays["tokens"] == lists["test"] + kth.FIRST).all()  # trainer seed: no effect
-    assert len(tasks.build("kth_smallest", seed=0, rows=1000, split="all")) == 1000
-    k0 = tasks.build("kth_smallest", seed=0, k=0, rows=1000, numbers=16, split="train")
+    assert len(build_dataset("kth_smallest", seed=0, rows=1000, split="all")) == 1000
+    k0 = build_dataset("kth_smallest", seed=0, k=0, rows=1000, numbers=16, split="train")
     assert (k0.arrays["labels"] == lists["train"].min(1) + kth.FIRST).all()
     with pytest.raises(ValueError, match="split"):
-        tasks.build("kth_smallest", seed=0, rows=1000, split="dev")
+        build_dataset("kth_smallest", seed=0, rows=1000, split="dev")
     with pytest.raises(ValueError, match="k=16"):
-        tasks.build("kth_smallest", seed=0, rows=1000, k=16)
+        build_dataset("kth_smallest", seed=0, rows=1000, k=16)
 
 
 def test_registry_builds_from_a_local_tokenizer_dir(bpe, tmp_path):
     bpe.save_pretrained(tmp_path / "tok")
     kth._hf_vocab.cache_clear()
-    ds = tasks.build("kth_smallest", seed=0, k=2, rows=400, numbers=len(BOTH),
+    ds = build_dataset("kth_smallest", seed=0, k=2, rows=400, numbers=len(BOTH),
                      tokenizer_path=str(tmp_path / "tok"), split="validation")
     lists = kth.kth_smallest_lists(k=2, rows=400, numbers=len(BOTH),
                                    tokenizer_path=str(tmp_path / "tok"))

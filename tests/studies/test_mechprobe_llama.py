@@ -148,7 +148,7 @@ def test_bucket_sampling(setup):
 # ----------------------------------------------------------------------------- spans / capture
 
 def test_spans_plus_one_shift(setup):
-    from jaxreason.studies.mechprobe_llama import demo_text, feature_prompt
+    from jaxreason.studies.mechprobe.llama import demo_text, feature_prompt
 
     _, tok = setup
     data = pw.load_dataset(setup[0] / "data")
@@ -173,7 +173,7 @@ def test_query_rows_match_full_pattern(setup):
     import jax.numpy as jnp
 
     from jaxreason.models import load_pretrained
-    from jaxreason.studies.mechprobe_llama import query_attention
+    from jaxreason.studies.mechprobe.llama import query_attention
 
     root, tok = setup
     model, params = load_pretrained(root / "model")
@@ -190,7 +190,7 @@ def test_query_rows_match_full_pattern(setup):
 
 
 def test_corrupt():
-    from jaxreason.studies.mechprobe_llama import corrupt
+    from jaxreason.studies.mechprobe.llama import corrupt
 
     s = ["The cat is big.", "The dog is red."]
     rng = random.Random(0)
@@ -203,8 +203,8 @@ def test_corrupt():
 
 @pytest.mark.parametrize("mode", ["faithful", "fixed"])
 def test_end_to_end(setup, tmp_path, mode):
-    from jaxreason.studies.mechprobe_llama import MechProbeLlamaConfig, run
-    from jaxreason.studies.registry import resolve
+    from jaxreason.studies.mechprobe.llama import MechProbeLlamaConfig, run
+    from jaxreason.studies.base import resolve
 
     root, _ = setup
     cls, fn = resolve("mechprobe_llama")
@@ -231,7 +231,7 @@ def test_end_to_end(setup, tmp_path, mode):
 
 def test_arc_end_to_end(setup, tmp_path):
     """ARC format: rules {}, options, buckets by depth (<= 2), no accuracy, no corruption."""
-    from jaxreason.studies.mechprobe_llama import MechProbeLlamaConfig, run
+    from jaxreason.studies.mechprobe.llama import MechProbeLlamaConfig, run
 
     root, _ = setup
     rng = random.Random(3)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxreason.config_io import ConfigError
 from jaxreason.probe.__main__ import cli
-from jaxreason.studies.registry import load_study
+from jaxreason.studies.base import load_study
 
 SMOKE = """
 study: mechprobe_kth

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxreason.studies.registry import load_study
+from jaxreason.studies.base import load_study
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 STUDY_FILES = sorted(p for p in CONFIG_DIR.glob("*.yaml")

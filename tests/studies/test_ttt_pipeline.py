@@ -10,8 +10,8 @@ from jaxreason.models import from_config
 from jaxreason.models.config import LlamaConfig
 from jaxreason.models.generate import prefill_prefix
 from jaxreason.probe.activation_store import ActivationWriter, open_store
-from jaxreason.studies import ttt_patching
-from jaxreason.studies.ttt_decode import decode_batch, decode_problems, hidden_indices
+from jaxreason.studies.think_to_talk import patching as ttt_patching
+from jaxreason.studies.think_to_talk.decode import decode_batch, decode_problems, hidden_indices
 from jaxreason.tasks import formulas as fm
 from jaxreason.tasks.formula_tokens import FormulaTokenizer
 
@@ -181,7 +181,7 @@ def test_killed_export_resumes_to_the_same_store(setup, tmp_path):
 def test_exports_record_which_weights_wrote_them(setup, tmp_path):
     """A retrained model must not resume another model's export: the study stores a weights
     digest in the export's meta, and the store refuses a different one."""
-    from jaxreason.studies.think_to_talk import weights_fingerprint
+    from jaxreason.studies.think_to_talk.run import weights_fingerprint
 
     _, model, params, *_ = setup
     same = weights_fingerprint(params)

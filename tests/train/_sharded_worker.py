@@ -20,7 +20,8 @@ from jaxreason import sharding as sh
 from jaxreason.train import checkpoint
 from jaxreason.train.build import apply_peft, build_model, logical_axes
 from jaxreason.train.config import load_train_config
-from jaxreason.train.loop import losses, main
+from jaxreason.train.loop import main
+from run_logs import losses
 
 
 def _spec(x) -> list:

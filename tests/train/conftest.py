@@ -4,8 +4,9 @@
   ``JAX_COMPILATION_CACHE_DIR``): ``main`` jits a fresh closure on every call, so without it
   two runs of the same config compile the same program twice. Set ``JAX_COMPILATION_CACHE_DIR``
   yourself to keep the cache between sessions.
-* ``train(run_dir, *overrides)``: one in-process ``main`` run of a tiny copy-task config
-  (``BASE`` + overrides), returning the result dict and the metrics.jsonl rows.
+* ``train(run_dir, *overrides, callbacks=())``: one in-process ``main`` run of a tiny
+  copy-task config (``BASE`` + overrides), returning the result dict and the metrics.jsonl
+  rows.
 * ``base_args``, ``subprocess_env(**extra)``, ``python``: the same job for subprocesses.
 """
 
@@ -80,11 +81,12 @@ def read_rows(run_dir) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def train():
-    """``train(run_dir, *overrides) -> (result, rows)``: run ``main`` in this process."""
+    """``train(run_dir, *overrides, callbacks=()) -> (result, rows)``: run ``main`` in this
+    process."""
     from jaxreason.train.loop import main
 
-    def run(run_dir, *overrides):
-        result = main(config_for(run_dir, *overrides))
+    def run(run_dir, *overrides, callbacks=()):
+        result = main(config_for(run_dir, *overrides), callbacks=callbacks)
         return result, read_rows(run_dir)
 
     return run

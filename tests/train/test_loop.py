@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreason.train import loop
+from jaxreason.train import callbacks, loop
 from jaxreason.train.build import apply_peft, build_model
 from jaxreason.train.config import load_train_config
-from jaxreason.train.data import TokenDataset
+from jaxreason.data import TokenDataset
 from jaxreason.train.lora import merge_lora
 from jaxreason.train.optim import build_optimizer, decay_mask, path_str
 from jaxreason.train.vocab import add_tokens
@@ -46,13 +46,13 @@ def llama_run(train, tmp_path_factory):
 def export_spy(monkeypatch):
     """Record the (model, params) that ``main`` exports; the real export still runs."""
     seen = {}
-    real = loop.export_hf
+    real = callbacks.export_hf
 
     def spy(model, params, path):
         seen.update(model=model, params=jax.device_get(params), path=path)
         return real(model, params, path)
 
-    monkeypatch.setattr(loop, "export_hf", spy)
+    monkeypatch.setattr(callbacks, "export_hf", spy)
     return seen
 
 

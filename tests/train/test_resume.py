@@ -17,9 +17,10 @@ import time
 
 import pytest
 
+from jaxreason.data import TokenDataset
 from jaxreason.train.__main__ import cli
-from jaxreason.train.data import TokenDataset
-from jaxreason.train.loop import MetricsLog, losses
+from jaxreason.train.loop import MetricsLog
+from run_logs import losses
 
 RUN = ("--trainer.steps=30", "--checkpoint.save_every=10", "--schedule.kind=cosine",
        "--schedule.warmup_steps=5")

@@ -3,9 +3,15 @@ batches.
 
 A dataset is a dict of equally long arrays (rows are examples): ``tokens`` (N, T) int, and
 optionally ``attention_mask`` (N, T), ``loss_mask`` (N, T) marking the target tokens that
-count, ``labels`` (N,) and ``predict_at`` (N,) for single-answer objectives. On disk it is a
-directory of ``<name>.npy`` files opened with ``mmap_mode="r"``, so a dataset larger than
-memory trains: only the rows of the current batch are ever read.
+count, ``labels`` (N,) and ``predict_at`` (N,) for single-answer objectives, plus any other
+per-example arrays an objective reads (a splice index map (N, P), a new-token mask (N, T),
+...). Every array is batched and sharded along its rows. The *sequence fields* (``tokens``,
+the two masks and whatever the dataset adds to ``seq_fields``) have the positions on their
+second axis and are trimmed together when a batch is cut to a length bucket; every other
+array is left as it is, whatever its shape. On disk a dataset is a directory of
+``<name>.npy`` files opened with ``mmap_mode="r"`` (so a dataset larger than memory trains:
+only the rows of the current batch are ever read) and a ``dataset.json`` naming the extra
+sequence fields.
 
 Batch ``s`` is a pure function of (seed, step): the row order is a fresh permutation per
 epoch drawn from ``seed + epoch``. That is what makes a resumed run see exactly the batches
@@ -15,34 +21,46 @@ every global batch.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import jax
 import numpy as np
 
-KNOWN_FIELDS = ("tokens", "attention_mask", "loss_mask", "labels", "predict_at")
+from jaxreason.registry import TASKS
+
+SEQ_FIELDS = frozenset({"tokens", "attention_mask", "loss_mask"})  # always (N, T)
+META_FILE = "dataset.json"
 
 
 class TokenDataset:
-    """Rows of token arrays with deterministic, resumable batching."""
+    """Rows of token arrays with deterministic, resumable batching.
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], name: str = "dataset"):
+    ``seq_fields`` names the extra arrays (beyond :data:`SEQ_FIELDS`) whose second axis is the
+    sequence, so bucketing trims them with the tokens."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], name: str = "dataset",
+                 seq_fields: Iterable[str] = ()):
         if "tokens" not in arrays:
             raise ValueError(f"{name}: needs a 'tokens' array; got {sorted(arrays)}")
-        unknown = sorted(set(arrays) - set(KNOWN_FIELDS))
-        if unknown:
-            raise ValueError(f"{name}: unknown arrays {unknown}; allowed: {list(KNOWN_FIELDS)}")
         n = len(arrays["tokens"])
         for k, v in arrays.items():
-            if len(v) != n:
-                raise ValueError(f"{name}: array {k!r} has {len(v)} rows but tokens has {n}")
+            if np.ndim(v) == 0 or len(v) != n:
+                raise ValueError(f"{name}: array {k!r} has shape {np.shape(v)} but tokens has "
+                                 f"{n} rows; every array needs one row per example")
         if np.asarray(arrays["tokens"]).ndim != 2:
             raise ValueError(f"{name}: tokens must be (rows, seq), got {arrays['tokens'].shape}")
         if n == 0:
             raise ValueError(f"{name}: no rows")
+        self.seq_fields = frozenset(SEQ_FIELDS | set(seq_fields))
+        seq = arrays["tokens"].shape[1]
+        for k in sorted(self.seq_fields & set(arrays)):
+            if np.ndim(arrays[k]) < 2 or arrays[k].shape[1] != seq:
+                raise ValueError(f"{name}: sequence field {k!r} has shape {arrays[k].shape}; "
+                                 f"its second axis must be the {seq} positions of tokens")
         self.arrays = dict(arrays)
         self.name = name
 
@@ -63,15 +81,19 @@ class TokenDataset:
                   for p in sorted(d.glob("*.npy"))}
         if not arrays:
             raise FileNotFoundError(f"{d} holds no .npy arrays")
-        return cls(arrays, name=str(d))
+        meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).exists() else {}
+        return cls(arrays, name=str(d), seq_fields=meta.get("seq_fields", ()))
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write every array as ``<name>.npy`` into a temp dir, then rename into place."""
+        """Write every array as ``<name>.npy`` (and the sequence fields as ``dataset.json``)
+        into a temp dir, then rename into place."""
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         for k, v in self.arrays.items():
             np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
+        extra = sorted(self.seq_fields - SEQ_FIELDS)
+        (tmp / META_FILE).write_text(json.dumps({"seq_fields": extra}))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -84,7 +106,7 @@ class TokenDataset:
         return target
 
     def subset(self, rows: np.ndarray, name: str) -> "TokenDataset":
-        return TokenDataset({k: v[rows] for k, v in self.arrays.items()}, name)
+        return TokenDataset({k: v[rows] for k, v in self.arrays.items()}, name, self.seq_fields)
 
     def split(self, eval_fraction: float, seed: int) -> tuple["TokenDataset", "TokenDataset | None"]:
         """A seeded train/eval split; eval gets at least one row when the fraction is > 0 and
@@ -123,7 +145,7 @@ class TokenDataset:
         mine = np.sort(rows[process_index * per_host:(process_index + 1) * per_host])
         order = np.argsort(np.argsort(rows[process_index * per_host:(process_index + 1) * per_host]))
         out = {k: np.asarray(v[mine])[order] for k, v in self.arrays.items()}
-        return pad_to_bucket(finalize(out), buckets)
+        return pad_to_bucket(finalize(out), buckets, self.seq_fields)
 
     def eval_batches(self, batch_size: int, limit: int | None = None):
         """Fixed, unshuffled batches over the dataset (the last one may be short)."""
@@ -145,10 +167,11 @@ def finalize(batch: dict) -> dict:
     return out
 
 
-def pad_to_bucket(batch: dict, buckets) -> dict:
-    """Trim right padding to the smallest bucket that holds every real token.
+def pad_to_bucket(batch: dict, buckets, seq_fields: Iterable[str] = SEQ_FIELDS) -> dict:
+    """Trim right padding of the ``seq_fields`` arrays to the smallest bucket that holds
+    every real token (other arrays are returned as they are).
 
-    Fewer distinct shapes means fewer compilations; buckets must be sorted ascending."""
+    Fewer distinct shapes means fewer compilations."""
     if not buckets:
         return batch
     t = batch["tokens"].shape[1]
@@ -156,4 +179,14 @@ def pad_to_bucket(batch: dict, buckets) -> dict:
         "attention_mask"].any() else 1
     size = next((b for b in sorted(buckets) if b >= used), t)
     size = min(max(size, used), t)
-    return {k: (v[:, :size] if v.ndim == 2 and v.shape[1] == t else v) for k, v in batch.items()}
+    return {k: (v[:, :size] if k in seq_fields else v) for k, v in batch.items()}
+
+
+def build_dataset(name: str, seed: int, **args) -> TokenDataset:
+    """The dataset of the task registered as ``name`` (see :data:`jaxreason.registry.TASKS`);
+    an unknown name lists the registered ones, bad arguments name the task."""
+    build = TASKS.get(name)
+    try:
+        return build(seed=seed, **args)
+    except TypeError as e:
+        raise ValueError(f"task {name!r}: bad data.task_args {sorted(args)}: {e}") from None

@@ -1,6 +1,7 @@
-"""``report.md`` for the MechanisticProbe k-th smallest study: the trained model's probing
-scores beside the random baseline and the figures the original repository committed (Hou et
-al., 2023, github.com/yifan-h/MechanisticProbe, its result PDFs under ``tmp/``)."""
+"""``report.md`` for the MechanisticProbe studies: for the k-th smallest study the trained
+model's probing scores beside the random baseline and the figures the original repository
+committed (Hou et al., 2023, github.com/yifan-h/MechanisticProbe, its result PDFs under
+``tmp/``); for the Llama study the scores per proof-depth bucket and the corruption bins."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
-def write_report(path: Path, m: dict, config) -> Path:
+def write_kth_report(path: Path, m: dict, config) -> Path:
     mode = m["mode"]
     rank = np.asarray(m["attention_by_rank_layer"])  # (S, L)
     layers = rank.shape[1]
@@ -93,5 +94,47 @@ def write_report(path: Path, m: dict, config) -> Path:
     else:
         lines += ["", "Fixed mode: kNN split by example, binary P2 label, dropout-free baseline, "
                   "exactly p heads masked, duplicates get distinct ranks."]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- Llama
+
+def _cell(v) -> str:
+    if v is None:
+        return "nan"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def write_llama_report(path: Path, m: dict, config) -> Path:
+    """``report.md`` of the Llama study: probing scores per bucket and the corruption bins."""
+    mode = m["mode"]
+    lines = [f"# MechanisticProbe, Llama on {m['dataset']} ({mode} mode)", "",
+             f"Model: `{m['model_path']}` ({m['num_layers']} layers); kept layers "
+             f"{m['keep_layers']}. Answer ids {m['answer_token_ids']} (original hard-coded "
+             f"{m['original_answer_token_ids']}).", "",
+             f"| bucket [{mode}] | n | ICL acc | F1 P1 model | F1 P1 random | S_P1 | "
+             "F1 P2 model | F1 P2 random | S_P2 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for key, e in m["buckets"].items():
+        lines.append(f"| {key} | {e['n']} | {_cell(e.get('icl_accuracy'))} | "
+                     f"{_cell(e['model']['f1_p1'])} | {_cell(e['random']['f1_p1'])} | "
+                     f"{_cell(e['S_P1'])} | {_cell(e['model']['f1_p2'])} | "
+                     f"{_cell(e['random']['f1_p2'])} | {_cell(e['S_P2'])} |")
+    c = m.get("corruption")
+    if c and "bins" in c:
+        lines += ["", f"## Corruption ({mode} mode; target: {c['target']})", "",
+                  f"{c['iterations']} iterations over a pool of {c['pool']} depth-1 records.", "",
+                  f"| S_P2 bin [{mode}] | n | clean acc | Δ counter | Δ shuffle | Δ noise |",
+                  "|---|---|---|---|---|---|"]
+        for b in c["bins"]:
+            lines.append(f"| {b['bin'][0]:.3f}–{b['bin'][1]:.3f} | {b['n']} | "
+                         f"{_cell(b['clean_accuracy'])} | {_cell(b['delta_counter'])} | "
+                         f"{_cell(b['delta_shuffle'])} | {_cell(b['delta_noise'])} |")
+    elif c:
+        lines += ["", f"Corruption: {c.get('note')}"]
+    lines += ["", f"Runtime {m['seconds']:.1f} s."]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreason.hooks import Replace, hidden_state_hook
-from jaxreason.studies.ttt_decode import decode_batch
+from jaxreason.studies.think_to_talk.decode import decode_batch
 from jaxreason.tasks.formula_tokens import TextCodec, encode_batch
 from jaxreason.tasks.formulas import EditPair, exact_match
 

@@ -18,12 +18,10 @@ Modes (every number in the report names the one that produced it):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,28 +32,10 @@ from jaxreason.models import from_config
 from jaxreason.probe import entropy as ent
 from jaxreason.probe import knn, plots
 from jaxreason.probe.features import HF_TRAIN_DROPOUT_SITES, gpt2_probe_features, last_query_attention
+from jaxreason.studies.base import train_or_load
+from jaxreason.studies.mechprobe.config import MechProbeConfig
+from jaxreason.studies.mechprobe.report import write_kth_report
 from jaxreason.tasks import kth_smallest as kth
-from jaxreason.train.config import TrainConfig
-from jaxreason.train.loop import load_trained, main as train_main
-
-
-@dataclasses.dataclass(frozen=True)
-class MechProbeConfig:
-    """The study's own settings; ``train`` is a full training config (or ``skip_training``
-    to probe a run that already finished in ``train.trainer.run_dir``)."""
-
-    study: Literal["mechprobe_kth"] = "mechprobe_kth"
-    mode: Literal["faithful", "fixed"] = "fixed"
-    train: TrainConfig = TrainConfig()
-    skip_training: bool = False
-    run_dir: str = "runs/mechprobe_kth"
-    probe_examples: int = 1024
-    eval_examples: int = 2000
-    batch_size: int = 256
-    masking_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    random_mask_draws: int = 3
-    random_seed: int = 1234
-    seed: int = 42
 
 
 def _task_args(config: MechProbeConfig) -> dict:
@@ -145,10 +125,7 @@ def run(config: MechProbeConfig) -> dict:
     faithful = config.mode == "faithful"
     out_dir = Path(config.run_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
-        config.train.checkpoint, resume=True))
-    train_result = {} if config.skip_training else train_main(train_cfg)
-    model, params = load_trained(train_cfg)
+    model, params, train_metrics = train_or_load(config)
 
     args = _task_args(config)
     k = args.get("k", 1)
@@ -174,7 +151,7 @@ def run(config: MechProbeConfig) -> dict:
                "test_accuracy": accuracy(model, params, test_tokens, test_labels, config.batch_size),
                "random_test_accuracy": accuracy(random_model, random_params, test_tokens,
                                                 test_labels, config.batch_size),
-               "train": {k_: v for k_, v in train_result.items() if isinstance(v, (int, float))}}
+               "train": train_metrics}
     metrics.update(probe_scores(attn_trained, attn_random, p1, answer, faithful, config.seed))
 
     # causal analysis over the evaluation lists
@@ -202,9 +179,7 @@ def run(config: MechProbeConfig) -> dict:
     metrics["figures"] = [p.name for p in figures]
     metrics["seconds"] = time.perf_counter() - t0
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    from jaxreason.studies.mechprobe_report import write_report
-
-    write_report(out_dir / "report.md", metrics, config)
+    write_kth_report(out_dir / "report.md", metrics, config)
     return metrics
 
 

@@ -7,11 +7,11 @@ The study wires shared pieces together:
   counterfactual pairs; ``jaxreason.tasks.formula_tokens`` the embedded tokenizer.
 * ``jaxreason.train`` trains the embedded default model (a small Llama) from scratch on the
   formula chains of thought, or a local HF Llama-family checkpoint is loaded instead.
-* :mod:`~jaxreason.studies.ttt_decode` decodes with a cached few-shot prompt and exports the
-  residual stream to :mod:`~jaxreason.probe.activation_store` chunk by chunk.
-* :mod:`~jaxreason.studies.ttt_probing` fits the vmapped linear probes of
-  :mod:`jaxreason.probe.linear`; :mod:`~jaxreason.studies.ttt_patching` patches activations.
-* :mod:`~jaxreason.studies.ttt_report` writes ``report.md``.
+* :mod:`.decode` decodes with a cached few-shot prompt and exports the residual stream to
+  :mod:`~jaxreason.probe.activation_store` chunk by chunk.
+* :mod:`.probing` fits the vmapped linear probes of :mod:`jaxreason.probe.linear`;
+  :mod:`.patching` patches activations.
+* :mod:`.report` writes ``report.md``; :mod:`.config` holds the settings.
 
 Modes (every number in the outputs names the one that produced it):
 
@@ -31,98 +31,17 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 import jax
 import numpy as np
 
 from jaxreason.probe.activation_store import ActivationWriter, open_store
-from jaxreason.probe.linear import ProbeSettings, chance_accuracy
-from jaxreason.studies import ttt_patching, ttt_probing
-from jaxreason.studies.ttt_decode import decode_problems, hidden_indices
+from jaxreason.probe.linear import chance_accuracy
+from jaxreason.studies.base import train_or_load
+from jaxreason.studies.think_to_talk import patching, probing
+from jaxreason.studies.think_to_talk.config import ThinkToTalkConfig
+from jaxreason.studies.think_to_talk.decode import decode_problems, hidden_indices
 from jaxreason.tasks import formulas as fm
-from jaxreason.train.config import TrainConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class PatchSetting:
-    """One activation-patching configuration (as the original's): hidden indices >= ``start_layer``
-    at source positions ``start..end`` (inclusive); ``expect`` names the intended token at
-    each position (or ``<edited>``, ``<query>``, ``<digit>``), checked against the tokenizer;
-    ``teacher_force`` appends that many gold CoT tokens to the input."""
-
-    name: str = "v2_edit"
-    start_layer: int = 12
-    start: int = 13
-    end: int = 14
-    expect: tuple[str, ...] = ("<edited>", ";")
-    teacher_force: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeSection:
-    probes: tuple[Literal["sgd", "logreg"], ...] = ("sgd", "logreg")
-    sgd_steps: int = 10_000
-    sgd_lr: float = 1e-3
-    logreg_l2: float = 1e-3
-    logreg_steps: int = 300
-    seed: int = 42
-    threshold: float = 0.9  # "decodable" = accuracy at or above this (reported with chance)
-
-    def settings(self) -> dict[str, ProbeSettings]:
-        return {"sgd": ProbeSettings(kind="sgd", steps=self.sgd_steps, lr=self.sgd_lr,
-                                     seed=self.seed),
-                "logreg": ProbeSettings(kind="logreg", l2=self.logreg_l2,
-                                        logreg_steps=self.logreg_steps, seed=self.seed)}
-
-
-@dataclasses.dataclass(frozen=True)
-class ThinkToTalkConfig:
-    """The study's settings. ``train`` trains the embedded model unless ``model_path`` names
-    a local HF checkpoint (then prompted few-shot, no BOS, as in the original)."""
-
-    study: Literal["think_to_talk"] = "think_to_talk"
-    mode: Literal["faithful", "fixed"] = "fixed"
-    run_dir: str = "runs/think_to_talk"
-    tasks: tuple[str, ...] = fm.CONFIGS
-    model_path: str | None = None
-    dtype: str = "float32"
-    train: TrainConfig = TrainConfig()
-    skip_training: bool = False
-    layer_step: int = 1
-    shots: int = 3
-    general_prompt_for: tuple[str, ...] = ()  # tasks prompted with the 50-shot general prompt
-    test_size: int = 2000
-    probing_train_size: int = 10_000
-    batch_size: int = 250
-    probe_train_on: Literal["solved", "all"] = "solved"  # the original: solved problems only
-    max_new_tokens: int = 100
-    export_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    probe: ProbeSection = ProbeSection()
-    patch_pairs: int = 2000
-    patches: tuple[PatchSetting, ...] = (
-        PatchSetting("v2_edit", 12, 13, 14, ("<edited>", ";")),
-        PatchSetting("v2_edit_low_acc", 12, 15, 17, ("<query>", "=", "?")),
-        PatchSetting("v2_edit_teacher_force", 12, 13, 14, ("<edited>", ";"), 38))
-    data_parallel: bool = True
-    progress: bool = True
-
-    def __post_init__(self):
-        from jaxreason.config_io import ConfigError
-
-        bad = [t for t in self.tasks if t not in fm.CONFIGS]
-        if bad:
-            raise ConfigError(f"tasks: unknown {bad}; known: {list(fm.CONFIGS)}")
-        if self.patches and "2step" not in self.tasks:
-            raise ConfigError("patching scores the patched states with the 2step probes: add "
-                              "'2step' to tasks or set patches: []")
-        names = [p.name for p in self.patches]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"patches: names must be unique (each names its export), got {names}")
-        for name, v in (("test_size", self.test_size), ("probing_train_size", self.probing_train_size),
-                        ("batch_size", self.batch_size), ("max_new_tokens", self.max_new_tokens)):
-            if v <= 0:
-                raise ConfigError(f"{name}={v} must be positive")
 
 
 # ----------------------------------------------------------------------------- model
@@ -137,19 +56,13 @@ def load_model(config: ThinkToTalkConfig):
 
         model, params = load_pretrained(config.model_path, dtype=config.dtype)
         return model, params, HFCodec(load_tokenizer(config.model_path)), {}
-    from jaxreason.train.loop import load_trained, main as train_main
-
     codec = FormulaTokenizer()
-    ckpt = config.train.checkpoint
-    train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
-        ckpt, resume=True, save_every=ckpt.save_every or config.train.trainer.steps))
-    vocab = train_cfg.model.overrides.get("vocab_size")
+    vocab = config.train.model.overrides.get("vocab_size")
     if vocab is not None and vocab < codec.vocab_size:
         raise ValueError(f"train.model.overrides.vocab_size={vocab} is smaller than the "
                          f"formula vocabulary ({codec.vocab_size} tokens)")
-    result = {} if config.skip_training else train_main(train_cfg)
-    model, params = load_trained(train_cfg)
-    return model, params, codec, {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    model, params, train_metrics = train_or_load(config)
+    return model, params, codec, train_metrics
 
 
 def _mesh(config: ThinkToTalkConfig, model, params):
@@ -204,7 +117,7 @@ def _write_jsonl(path: Path, rows) -> None:
 def run(config: ThinkToTalkConfig) -> dict:
     """Decode, export, probe, patch, plot and report. Returns the metrics."""
     from jaxreason.models.generate import prefill_prefix
-    from jaxreason.studies.ttt_report import task_figures, patch_figures, write_report
+    from jaxreason.studies.think_to_talk.report import patch_figures, task_figures, write_report
 
     t0 = time.perf_counter()
     out = Path(config.run_dir).expanduser().resolve()
@@ -214,7 +127,7 @@ def run(config: ThinkToTalkConfig) -> dict:
     indices = hidden_indices(L, config.layer_step)
     # bad patch positions fail now, not after an hour of decoding
     pairs = fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs) if config.patches else []
-    patched_tokens = {p.name: ttt_patching.check_patch_positions(codec, pairs, p.start, p.end,
+    patched_tokens = {p.name: patching.check_patch_positions(codec, pairs, p.start, p.end,
                                                                  p.expect)
                       for p in config.patches}
     mesh, params = _mesh(config, model, params)
@@ -238,14 +151,14 @@ def run(config: ThinkToTalkConfig) -> dict:
                                  {**meta, "split": split, "problems": len(splits[split])})
                   for split in ("probing_train", "test")}
         answers = {s: fm.answers_array(splits[s]) for s in stores}
-        fitted = ttt_probing.fit_task_probes(stores["probing_train"], answers["probing_train"],
+        fitted = probing.fit_task_probes(stores["probing_train"], answers["probing_train"],
                                              config.probe.probes, settings, config.progress,
                                              f"{task} probes", config.probe_train_on)
-        acc = ttt_probing.evaluate_task_probes(fitted, stores["test"], answers["test"], config.mode)
+        acc = probing.evaluate_task_probes(fitted, stores["test"], answers["test"], config.mode)
         src_len = len(codec.encode(splits["test"][0].source))
         tokens = _position_tokens(codec, stores["probing_train"], fitted.positions)
         chance = chance_accuracy(answers["test"])
-        rows += ttt_probing.result_rows(acc, tokens, config.mode, task, chance)
+        rows += probing.result_rows(acc, tokens, config.mode, task, chance)
         summary = _task_summary(config, task, stores, acc, fitted, tokens, chance, src_len,
                                 indices, len(prompt_ids))
         metrics["tasks"][task] = summary
@@ -305,7 +218,7 @@ def _task_summary(config, task, stores, acc, fitted, tokens, chance, src_len, in
         grid = np.stack([acc[(kind, i)] for i in indices])  # (layers, P, J)
         summary[f"best_{kind}"] = grid.max(axis=(0, 1)).tolist()
         for var in range(grid.shape[2]):
-            hit = ttt_probing.first_decodable(grid[:, :, var], config.probe.threshold)
+            hit = probing.first_decodable(grid[:, :, var], config.probe.threshold)
             if hit is not None:
                 hit["layer"] = int(indices[hit.pop("layer_row")])
                 hit["token"] = tokens[hit["position"]]
@@ -327,7 +240,7 @@ def _patching(config, model, params, codec, kept, pairs, patched_tokens, indices
         writer = _open_writer(directory, indices, model.config.hidden_size, config.export_dtype,
                               {"patch": dataclasses.asdict(setting),
                                "weights": weights_fingerprint(params), "pairs": len(pairs)})
-        ttt_patching.run_patching(model, params, codec, kept["prefix"], pairs,
+        patching.run_patching(model, params, codec, kept["prefix"], pairs,
                                   start_layer=setting.start_layer, start=setting.start,
                                   end=setting.end, indices=indices, batch_size=config.batch_size,
                                   max_new_tokens=config.max_new_tokens,
@@ -335,9 +248,9 @@ def _patching(config, model, params, codec, kept, pairs, patched_tokens, indices
                                   progress=config.progress, desc=setting.name, mesh=mesh)
         writer.close()
         store = open_store(directory)
-        summary = ttt_patching.summarize((), store)
-        acc = ttt_probing.evaluate_task_probes(kept["probes"], store, edited_answers, "faithful")
-        rows += ttt_probing.result_rows(acc, kept["tokens"], config.mode, "2step",
+        summary = patching.summarize((), store)
+        acc = probing.evaluate_task_probes(kept["probes"], store, edited_answers, "faithful")
+        rows += probing.result_rows(acc, kept["tokens"], config.mode, "2step",
                                         kept["chance"], condition=f"patched:{setting.name}")
         summary.update({"setting": dataclasses.asdict(setting), "patched_tokens": tokens,
                         "probe_accuracy": {f"{k}/{i}": a.tolist() for (k, i), a in acc.items()}})

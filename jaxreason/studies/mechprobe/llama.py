@@ -53,7 +53,6 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -63,32 +62,12 @@ from jaxreason.models import from_config, load_pretrained, load_tokenizer
 from jaxreason.probe import knn
 from jaxreason.probe.features import (ARC_KEEP_LAYERS, PROOFWRITER_KEEP_LAYERS,
                                       llama_statement_features, statement_boundaries)
+from jaxreason.studies.mechprobe.config import MechProbeLlamaConfig
+from jaxreason.studies.mechprobe.report import write_llama_report
 from jaxreason.tasks import proofwriter as pw
 
 ORIGINAL_ANSWER_IDS = (5852, 7700)  # the original llama.evaluator's hard-coded "True"/"False"
 CORRUPTIONS = ("counter", "shuffle", "noise")
-
-
-@dataclasses.dataclass(frozen=True)
-class MechProbeLlamaConfig:
-    study: Literal["mechprobe_llama"] = "mechprobe_llama"
-    mode: Literal["faithful", "fixed"] = "fixed"
-    dataset: Literal["proofwriter", "arc"] = "proofwriter"
-    data_dir: str = "data/proofwriter"
-    model_path: str = "models/llama-7b-hf"
-    dtype: str = "float32"  # compute dtype; the original runs fp16 (softmax is fp32 here)
-    icl_num: int = 4
-    max_examples_per_bucket: int = 1024
-    keep_layers: tuple[int, ...] | None = None  # None: faithful per dataset, fixed all
-    random_seed: int = 1234  # init of the random baseline
-    pad_multiple: int = 64
-    corrupt: bool = True
-    corrupt_pool: int = 128
-    corrupt_iterations: int = 16
-    corrupt_subset: tuple[int, ...] = (64, 128)
-    corrupt_bins: int = 8
-    run_dir: str = "runs/mechprobe_llama"
-    seed: int = 42
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -445,7 +424,7 @@ def run(config: MechProbeLlamaConfig) -> dict:
     metrics["seconds"] = time.perf_counter() - t0
     metrics = _clean(metrics)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    write_report(out_dir / "report.md", metrics, config)
+    write_llama_report(out_dir / "report.md", metrics, config)
     return metrics
 
 
@@ -510,44 +489,3 @@ def _corruption(config, data, faithful, rng, measure, baseline_features, evaluat
             "acc": accs, "sp1": sp1s, "sp2": sp2s,
             **{f"corrupt_{k}": v for k, v in dsum.items()},
             "bins": _bin_summary(sp2s, accs, dsum, config.corrupt_bins, faithful)}
-
-
-# ----------------------------------------------------------------------------- report
-
-def _fmt(v) -> str:
-    if v is None:
-        return "nan"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def write_report(path: Path, m: dict, config) -> Path:
-    mode = m["mode"]
-    lines = [f"# MechanisticProbe, Llama on {m['dataset']} ({mode} mode)", "",
-             f"Model: `{m['model_path']}` ({m['num_layers']} layers); kept layers "
-             f"{m['keep_layers']}. Answer ids {m['answer_token_ids']} (original hard-coded "
-             f"{m['original_answer_token_ids']}).", "",
-             f"| bucket [{mode}] | n | ICL acc | F1 P1 model | F1 P1 random | S_P1 | "
-             "F1 P2 model | F1 P2 random | S_P2 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for key, e in m["buckets"].items():
-        lines.append(f"| {key} | {e['n']} | {_fmt(e.get('icl_accuracy'))} | "
-                     f"{_fmt(e['model']['f1_p1'])} | {_fmt(e['random']['f1_p1'])} | "
-                     f"{_fmt(e['S_P1'])} | {_fmt(e['model']['f1_p2'])} | "
-                     f"{_fmt(e['random']['f1_p2'])} | {_fmt(e['S_P2'])} |")
-    c = m.get("corruption")
-    if c and "bins" in c:
-        lines += ["", f"## Corruption ({mode} mode; target: {c['target']})", "",
-                  f"{c['iterations']} iterations over a pool of {c['pool']} depth-1 records.", "",
-                  f"| S_P2 bin [{mode}] | n | clean acc | Δ counter | Δ shuffle | Δ noise |",
-                  "|---|---|---|---|---|---|"]
-        for b in c["bins"]:
-            lines.append(f"| {b['bin'][0]:.3f}–{b['bin'][1]:.3f} | {b['n']} | "
-                         f"{_fmt(b['clean_accuracy'])} | {_fmt(b['delta_counter'])} | "
-                         f"{_fmt(b['delta_shuffle'])} | {_fmt(b['delta_noise'])} |")
-    elif c:
-        lines += ["", f"Corruption: {c.get('note')}"]
-    lines += ["", f"Runtime {m['seconds']:.1f} s."]
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -1,0 +1,49 @@
+"""Settings of the two MechanisticProbe studies: the k-th smallest task with a GPT-2 trained
+here (``study: mechprobe_kth``) and ProofWriter / ARC with a local Llama-family checkpoint
+(``study: mechprobe_llama``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxreason.studies.base import StudyConfig, TrainedStudyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MechProbeConfig(TrainedStudyConfig):
+    """The k-th smallest study; ``train`` is a full training config (or ``skip_training``
+    to probe a run that already finished in ``train.trainer.run_dir``)."""
+
+    study: Literal["mechprobe_kth"] = "mechprobe_kth"
+    run_dir: str = "runs/mechprobe_kth"
+    probe_examples: int = 1024
+    eval_examples: int = 2000
+    batch_size: int = 256
+    masking_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    random_mask_draws: int = 3
+    random_seed: int = 1234
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class MechProbeLlamaConfig(StudyConfig):
+    """The Llama study on ProofWriter (``dataset: proofwriter``) or ARC."""
+
+    study: Literal["mechprobe_llama"] = "mechprobe_llama"
+    run_dir: str = "runs/mechprobe_llama"
+    dataset: Literal["proofwriter", "arc"] = "proofwriter"
+    data_dir: str = "data/proofwriter"
+    model_path: str = "models/llama-7b-hf"
+    dtype: str = "float32"  # compute dtype; the original runs fp16 (softmax is fp32 here)
+    icl_num: int = 4
+    max_examples_per_bucket: int = 1024
+    keep_layers: tuple[int, ...] | None = None  # None: faithful per dataset, fixed all
+    random_seed: int = 1234  # init of the random baseline
+    pad_multiple: int = 64
+    corrupt: bool = True
+    corrupt_pool: int = 128
+    corrupt_iterations: int = 16
+    corrupt_subset: tuple[int, ...] = (64, 128)
+    corrupt_bins: int = 8
+    seed: int = 42
