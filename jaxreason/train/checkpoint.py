@@ -29,7 +29,7 @@ Design:
 * **Foreign directories**: a directory with unrelated files can host
   checkpoints (logs beside them are fine), but one whose integer-named
   subdirectories are not our checkpoints is refused, since retention would
-  delete them. ``tests/unit/test_checkpoint.py`` kills
+  delete them. ``tests/train/test_checkpoint.py`` kills
   a process just before the rename to check this.
 * **Restoring** goes through an abstract target: every leaf becomes a
   ``jax.ShapeDtypeStruct`` carrying the sharding the caller wants (a concrete

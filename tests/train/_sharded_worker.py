@@ -67,7 +67,7 @@ def run() -> dict:
 
     def spy(self, step, state, **kwargs):  # the final state main() trained, as it holds it
         captured["state"] = state
-        return True  # sharded saving itself is tests/unit/test_checkpoint_sharded.py
+        return True  # sharded saving itself is tests/train/test_checkpoint_sharded.py
 
     checkpoint.Checkpointer.save = spy
     out = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[2] / "jaxreason"
+PKG = Path(__file__).resolve().parents[1] / "jaxreason"
 
 # package (or module) -> packages it must never import, at any depth of the file
 FORBIDDEN = {

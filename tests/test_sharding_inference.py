@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def report(fake_devices):
-    return fake_devices(Path(__file__).with_name("_sharded_inference_worker.py"), 8)
+    return fake_devices(Path(__file__).with_name("_sharding_inference_worker.py"), 8)
 
 
 def test_every_family_and_mesh_ran(report):
