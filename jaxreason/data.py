@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import jax
 import numpy as np
 
+from jaxreason import atomic
 from jaxreason.registry import TASKS
 
 SEQ_FIELDS = frozenset({"tokens", "attention_mask", "loss_mask"})  # always (N, T)
@@ -88,21 +88,11 @@ class TokenDataset:
         """Write every array as ``<name>.npy`` (and the sequence fields as ``dataset.json``)
         into a temp dir, then rename into place."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        for k, v in self.arrays.items():
-            np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
-        extra = sorted(self.seq_fields - SEQ_FIELDS)
-        (tmp / META_FILE).write_text(json.dumps({"seq_fields": extra}))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            for p in old.iterdir():
-                p.unlink()
-            old.rmdir()
-        else:
-            os.replace(tmp, target)
+        with atomic.building_dir(target) as tmp:
+            for k, v in self.arrays.items():
+                np.save(tmp / f"{k}.npy", np.asarray(v), allow_pickle=False)
+            extra = sorted(self.seq_fields - SEQ_FIELDS)
+            (tmp / META_FILE).write_text(json.dumps({"seq_fields": extra}))
         return target
 
     def subset(self, rows: np.ndarray, name: str) -> "TokenDataset":

@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +46,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxreason import atomic
 from jaxreason.models.generate import generate, prefill_prefix
 from jaxreason.models.layers import KVCache
 from jaxreason.probe.array_store import ArrayWriter
@@ -175,19 +175,17 @@ def generate_batch(model, params, prompts: Sequence[Sequence[int]], settings: De
         mask = np.concatenate([mask, np.repeat(mask[:1], pad_to - n, axis=0)])
     if prefix is not None and not isinstance(prefix, KVCache):
         prefix = prefill_prefix(model, params, prefix)
-    stop_when = None
-    if settings.stop_strings:
-        stops = settings.stop_strings
+    stops = settings.stop_strings
 
-        def stop_when(tokens):
-            return np.asarray([_first_stop(decode(row), stops) >= 0 for row in tokens])
+    def rows_stopped(tokens):  # (B, n) ids so far -> (B,) bool
+        return np.asarray([_first_stop(decode(row), stops) >= 0 for row in tokens])
     out = generate(model, params, ids, mask, max_new_tokens=settings.max_new_tokens,
                    eos_token_id=list(settings.stop_tokens) or None,
                    pad_token_id=settings.pad_token_id, temperature=settings.temperature,
                    top_p=settings.top_p, seed=settings.seed if seed is None else seed,
                    capture=capture, interventions=interventions,
                    intervene_on=settings.intervene_on, prefix=prefix, mesh=mesh,
-                   stop_when=stop_when)
+                   stop_when=rows_stopped if stops else None)
     generated = np.asarray(jax.device_get(out.generated))[:n]
     n_gen = np.asarray(jax.device_get(out.num_generated))[:n].astype(np.int32)
     texts, n_tok = None, n_gen.copy()
@@ -250,9 +248,7 @@ def _read_results(path: Path) -> list[dict]:
 
 
 def _rewrite_results(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def _describe(value) -> Any:

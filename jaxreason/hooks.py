@@ -381,6 +381,21 @@ class HeadMask(Intervention):
         return self._where(x, slots, axis, lambda xt, src: xt * mult_t)
 
 
+def head_mask_interventions(mask, every_layer: bool = False) -> dict:
+    """``{"blocks.{l}.attn.hook_pattern": HeadMask(mask[l])}`` for an (L, H) mask (1 keeps a
+    head, 0 removes it; HF ``head_mask`` semantics).
+
+    By default only the layers that mask a head get an edit (``mask`` must be concrete);
+    ``every_layer=True`` edits every layer, so masks of the same shape share one compiled
+    program and ``mask`` may be traced."""
+    if every_layer:
+        return {f"blocks.{l}.attn.hook_pattern": HeadMask(jnp.asarray(mask[l], jnp.float32))
+                for l in range(mask.shape[0])}
+    m = np.asarray(mask, np.float32)
+    return {f"blocks.{l}.attn.hook_pattern": HeadMask(jnp.asarray(m[l]))
+            for l in range(m.shape[0]) if (m[l] != 1).any()}
+
+
 @struct.dataclass
 class Apply(Intervention):
     """Run a pure function ``fn(x, slots) -> x`` on the hook value (full hook shape).

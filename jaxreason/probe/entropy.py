@@ -38,9 +38,8 @@ Faithful / fixed choices:
 from __future__ import annotations
 
 import numpy as np
-import jax.numpy as jnp
 
-from jaxreason.hooks import HeadMask
+from jaxreason.hooks import head_mask_interventions
 
 __all__ = ["rank_key_positions", "attention_by_rank", "head_entropy", "heads_to_mask",
            "interventions_for_mask"]
@@ -130,12 +129,6 @@ def heads_to_mask(entropy, fraction: float, policy: str = "low", rng=None,
 
 
 def interventions_for_mask(mask) -> dict:
-    """``{"blocks.{l}.attn.hook_pattern": HeadMask(mask[l])}`` for every layer that masks a head.
-
-    Pass the dict as ``interventions=`` to ``model.apply`` / ``model.jit_apply``. A
-    :class:`HeadMask` multiplies the post-softmax probabilities of each head, as HF
-    ``head_mask`` does.
-    """
-    m = np.asarray(mask, np.float32)
-    return {f"blocks.{l}.attn.hook_pattern": HeadMask(jnp.asarray(m[l]))
-            for l in range(m.shape[0]) if (m[l] != 1).any()}
+    """The interventions that apply the (L, H) 0/1 ``mask`` to ``model.apply`` (only the
+    layers that mask a head); see :func:`jaxreason.hooks.head_mask_interventions`."""
+    return head_mask_interventions(mask)

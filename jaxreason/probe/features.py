@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreason.hooks import Apply, HeadMask
+from jaxreason.hooks import Apply, head_mask_interventions
 
 __all__ = [
     "HF_TRAIN_DROPOUT_SITES", "PROOFWRITER_KEEP_LAYERS", "ARC_KEEP_LAYERS",
@@ -115,8 +115,7 @@ def _query_rows(model, params, ids, example_idx, seed, rate, query_position: int
     edits = (_dropout_interventions(num_layers, sites, seed, example_idx, rate)
              if sites else {})
     if head_mask is not None:  # HF head_mask semantics on every layer's pattern
-        for layer in range(num_layers):
-            edits[f"blocks.{layer}.attn.hook_pattern"] = HeadMask(head_mask[layer])
+        edits.update(head_mask_interventions(head_mask, every_layer=True))
     edits = edits or None
     out = model.apply(params, ids,
                       capture={"blocks.*.attn.hook_pattern": jnp.array([query_position])},

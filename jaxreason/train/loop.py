@@ -26,6 +26,7 @@ import yaml
 from flax import struct
 from tqdm.auto import tqdm
 
+from jaxreason import atomic
 from jaxreason import sharding as sh
 from jaxreason.config_io import to_dict
 from jaxreason.train import objectives
@@ -94,7 +95,7 @@ class MetricsLog:
             return
         rows = self.read(path) if path.exists() else []
         keep = [r for r in rows if resume_step is not None and r["step"] <= resume_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        atomic.write_jsonl(path, keep)
 
     @staticmethod
     def read(path: Path) -> list[dict]:
@@ -244,7 +245,7 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     checkpointer.wait()
     result = dict(last, run_dir=str(run_dir), final_step=int(state.step))
     if writer:
-        final_path.write_text(json.dumps(result, indent=2))
+        atomic.write_json(final_path, result)
         if config.trainer.plot and (run_dir / "metrics.jsonl").exists():
             from jaxreason.train.plots import plot_curves
 

@@ -19,7 +19,6 @@ Modes (every number in the report names the one that produced it):
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxreason import atomic
+from jaxreason.hooks import head_mask_interventions
 from jaxreason.models import from_config
 from jaxreason.probe import entropy as ent
 from jaxreason.probe import knn, plots
@@ -102,21 +103,14 @@ def masking_curves(model, params, tokens, labels, h_pos, h_size, config, faithfu
                                    faithful=faithful) for _ in range(config.random_mask_draws)]
         curves["random"].append(float(np.mean([
             accuracy(model, params, tokens, labels, config.batch_size,
-                     _full_mask_interventions(m)) for m in draws])))
+                     head_mask_interventions(m, every_layer=True)) for m in draws])))
         for name, scores in (("low position entropy", h_pos), ("low size entropy", h_size)):
             mask = ent.heads_to_mask(scores, frac, policy="low", rng=rng, faithful=faithful)
-            edits = _full_mask_interventions(mask)
+            edits = head_mask_interventions(mask, every_layer=True)
             curves[name].append(accuracy(model, params, tokens, labels, config.batch_size, edits))
     return curves
 
 
-def _full_mask_interventions(mask) -> dict:
-    """A head mask on every layer (ones where nothing is masked), so every mask shares one
-    compiled program."""
-    from jaxreason.hooks import HeadMask
-
-    return {f"blocks.{layer}.attn.hook_pattern": HeadMask(jnp.asarray(mask[layer], jnp.float32))
-            for layer in range(mask.shape[0])}
 
 
 def run(config: MechProbeConfig) -> dict:
@@ -166,7 +160,7 @@ def run(config: MechProbeConfig) -> dict:
                                faithful=faithful).astype(np.float32)
     metrics["case_study_40pct_accuracy"] = accuracy(model, params, test_tokens, test_labels,
                                                     config.batch_size,
-                                                    _full_mask_interventions(mask40))
+                                                    head_mask_interventions(mask40, every_layer=True))
     attn_random_test = last_query_attention(random_model, random_params, test_tokens,
                                             config.batch_size)
     rnd_pos, rnd_rank = ent.attention_by_rank(attn_random_test, test, dedupe=not faithful)
@@ -178,7 +172,7 @@ def run(config: MechProbeConfig) -> dict:
     metrics["attention_by_position_layer"] = by_pos.mean(1).T.tolist()
     metrics["figures"] = [p.name for p in figures]
     metrics["seconds"] = time.perf_counter() - t0
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic.write_json(out_dir / "metrics.json", metrics)
     write_kth_report(out_dir / "report.md", metrics, config)
     return metrics
 

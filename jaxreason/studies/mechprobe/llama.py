@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import random
 import time
@@ -58,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreason import atomic
 from jaxreason.models import from_config, load_pretrained, load_tokenizer
 from jaxreason.probe import knn
 from jaxreason.probe.features import (ARC_KEEP_LAYERS, PROOFWRITER_KEEP_LAYERS,
@@ -423,7 +423,7 @@ def run(config: MechProbeLlamaConfig) -> dict:
                                             baseline_features, evaluate, eval_demos)
     metrics["seconds"] = time.perf_counter() - t0
     metrics = _clean(metrics)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic.write_json(out_dir / "metrics.json", metrics)
     write_llama_report(out_dir / "report.md", metrics, config)
     return metrics
 

@@ -112,7 +112,6 @@ def decode_batch(model, params, codec: TextCodec, prefix, problems: Sequence[Pro
 def decode_problems(model, params, codec: TextCodec, prefix, problems: Sequence[Problem], *,
                     indices: Sequence[int], batch_size: int, max_new_tokens: int,
                     writer=None, progress: bool = True, desc: str = "decoding", mesh=None,
-                    forced_for: Callable | None = None,
                     on_batch: Callable[[int, BatchResult], None] | None = None) -> dict:
     """Decode every problem in batches, writing states to ``writer`` (if given).
 
@@ -121,17 +120,11 @@ def decode_problems(model, params, codec: TextCodec, prefix, problems: Sequence[
     if batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be positive")
     source_len = encode_batch(codec, [p.source for p in problems]).shape[1] if problems else 0
-    # records: (problem, forced ids); forced_for sees each batch of problems, as it always did
-    records = []
-    for lo in range(0, len(problems), batch_size):
-        chunk = problems[lo:lo + batch_size]
-        forced = forced_for(chunk) if forced_for else ()
-        records += [(p, list(forced[r]) if len(forced) else []) for r, p in enumerate(chunk)]
     hooks = _hooks(model.config.num_layers, indices, ())
 
     def view(batch: GeneratedBatch) -> BatchResult:
         if "ttt" not in batch.derived:
-            batch.derived["ttt"] = _view(batch, codec, [p for p, _ in batch.records],
+            batch.derived["ttt"] = _view(batch, codec, list(batch.records),
                                          source_len, hooks, indices, ())
         return batch.derived["ttt"]
 
@@ -143,16 +136,15 @@ def decode_problems(model, params, codec: TextCodec, prefix, problems: Sequence[
                    "problem_index": np.arange(batch.start, batch.start + batch.rows)})
 
     out = run_generation(
-        model, params, records, lambda rec: codec.encode(rec[0].source) + rec[1],
+        model, params, list(problems), lambda p: codec.encode(p.source),
         _settings(codec, max_new_tokens, batch_size), decode=codec.decode, prefix=prefix,
         capture=list(hooks.values()), to_arrays=to_arrays if writer is not None else None,
         store=writer.store if writer is not None else None, mesh=mesh, progress=progress,
         desc=desc, on_batch=(lambda b: on_batch(b.start, view(b))) if on_batch else None,
-        score=lambda rec, text, ids: {
-            "correct": exact_match(codec.decode(rec[1]) + text, rec[0])})
+        score=lambda problem, text, ids: {"correct": exact_match(text, problem)})
     texts: list[str | None] = [None] * len(problems)
     correct = np.zeros(len(problems), bool)
     for i, row in enumerate(out.results[out.skipped:], start=out.skipped):
-        texts[i] = codec.decode(records[i][1]) + row["text"]
+        texts[i] = row["text"]
         correct[i] = row["correct"]
     return {"texts": texts, "correct": correct}

@@ -27,14 +27,13 @@ its primary numbers.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from jaxreason import atomic
 from jaxreason.probe.activation_store import ActivationWriter, open_store
 from jaxreason.probe.linear import chance_accuracy
 from jaxreason.studies.base import train_or_load
@@ -106,14 +105,6 @@ def _open_writer(directory: Path, indices, width: int, dtype: str, meta: dict):
                          "set a new run_dir or delete that folder to export again") from None
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
 def run(config: ThinkToTalkConfig) -> dict:
     """Decode, export, probe, patch, plot and report. Returns the metrics."""
     from jaxreason.models.generate import prefill_prefix
@@ -172,7 +163,7 @@ def run(config: ThinkToTalkConfig) -> dict:
                                         patched_tokens, indices, mesh, out, rows)
         metrics["figures"] += [p.name for p in patch_figures(out, metrics["patching"],
                                                              kept_probes, config)]
-    _write_jsonl(out / "probe_results.jsonl", rows)
+    atomic.write_jsonl(out / "probe_results.jsonl", rows)
     metrics["seconds"] = time.perf_counter() - t0
     metrics["summary"] = {"mode": config.mode,
                           "test_accuracy": {t: v["test_accuracy"] for t, v in metrics["tasks"].items()},
@@ -180,7 +171,7 @@ def run(config: ThinkToTalkConfig) -> dict:
                                                               "intervention_accuracy")}
                              for k, v in metrics["patching"].items()},
                           "seconds": round(metrics["seconds"], 1)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic.write_json(out / "metrics.json", metrics)
     write_report(out / "report.md", metrics, config)
     return metrics
 
