@@ -150,3 +150,16 @@ def json_records(path: Path, ctx: RowContext) -> Iterator[tuple[int, object]]:
         yield from _json_list(text, ctx)
     else:
         yield from _json_lines(path, ctx)
+
+
+def source_rows(path: Path, split: str | None, what: str, read_file, split_name: str = "split"
+                ) -> Iterator[tuple[int, object]]:
+    """``(line, row)`` pairs from a ``save_to_disk`` folder (its ``split``) or from a file
+    through ``read_file(path)``; a split given for a plain file is refused, since a file has
+    none (``split_name`` is the caller's argument name, for the message)."""
+    if path.is_dir():
+        return dataset_rows(path, split, what)
+    if split is not None:
+        raise ReaderError(f"{split_name}={split!r} applies only to a datasets folder; "
+                          f"{path} is a file")
+    return read_file(path)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from jaxreason.tasks.readers.common import (ReaderError, RowContext, context_for, data_path,
-                                            dataset_rows, short)
+                                            source_rows, short)
 
 COLUMNS = ("Question", "Correct Answer", "Correct Argument", "Incorrect Answer",
            "Incorrect Argument", "Choice Answer", "Choice Argument", "Choice Answers Swapped")
@@ -148,17 +148,13 @@ def read_cot_choice_csv(path: str | Path, *, split: str | None = None,
     in file order. ``split`` picks a split of a saved ``DatasetDict``."""
     p = data_path(path, "CoT-correctness CSV")
     ctx = context_for(p)
-    if p.is_dir():
-        def rows():
-            for line, row in dataset_rows(p, split, "CSV"):
-                if line == 1:
-                    _check_columns(p, list(row))
-                yield line, row
-        source = rows()
-    elif split is not None:
-        raise ReaderError(f"split={split!r} applies only to a datasets folder; {p} is a file")
-    else:
-        source = _csv_rows(p, ctx)
+    def checked(rows):  # a datasets folder: its first row shows the columns
+        for line, row in rows:
+            if line == 1 and p.is_dir():
+                _check_columns(p, list(row))
+            yield line, row
+
+    source = checked(source_rows(p, split, "CSV", lambda f: _csv_rows(f, ctx)))
     out = [_parse_row(ctx, row, line, unescape_newlines) for line, row in source]
     if not out:
         raise ReaderError(f"{p} holds no rows")

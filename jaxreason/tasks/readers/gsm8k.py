@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from jaxreason.tasks.readers.common import (ReaderError, RowContext, context_for, data_path,
-                                            dataset_rows, json_records, short)
+                                            source_rows, json_records, short)
 
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 MARKER = "####"
@@ -72,12 +72,7 @@ def read_gsm8k(path: str | Path, *, split: str | None = None,
     """
     p = data_path(path, "GSM8K data")
     ctx = context_for(p)
-    if p.is_dir():
-        rows = dataset_rows(p, split, "GSM8K JSON-lines")
-    elif split is not None:
-        raise ReaderError(f"split={split!r} applies only to a datasets folder; {p} is a file")
-    else:
-        rows = json_records(p, ctx)
+    rows = source_rows(p, split, "GSM8K JSON-lines", lambda f: json_records(f, ctx))
     problems = [_problem(ctx, row, line, allow_fractional) for line, row in rows]
     if not problems:
         raise ReaderError(f"{p} holds no GSM8K problems")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from jaxreason.tasks.readers.common import (ReaderError, RowContext, RowError, context_for,
-                                            data_path, dataset_rows, json_records, short)
+                                            data_path, source_rows, json_records, short)
 
 _TAG_LINE_RE = re.compile(r"^\[(.*?)\]:", re.MULTILINE)
 _ANY_TAG_RE = re.compile(r"\[.*?\]: ")
@@ -152,13 +152,8 @@ def read_planning_json(path: str | Path, split: str | None = None, *, clean: boo
     """
     p = data_path(path, "planning-token step data")
     ctx = context_for(p)
-    if p.is_dir():
-        rows = dataset_rows(p, dataset_split, "JSON")
-    elif dataset_split is not None:
-        raise ReaderError(f"dataset_split={dataset_split!r} applies only to a datasets folder; "
-                          f"{p} is a file")
-    else:
-        rows = json_records(p, ctx)
+    rows = source_rows(p, dataset_split, "JSON", lambda f: json_records(f, ctx),
+                       split_name="dataset_split")
     records = [r for line, row in rows if (r := _record(ctx, row, line, clean)) is not None]
     if not records:
         raise ReaderError(f"{p} holds no records")
