@@ -238,8 +238,9 @@ class ActivationStore:
             raise ValueError(f"dtype must be a float dtype (float32, float16, bfloat16, ...), "
                              f"got {dtype}")
         if positions is not None:
-            for bound in (positions.start, positions.stop):
-                if bound is not None and not -self.max_positions <= bound <= self.max_positions:
+            p_max = self.max_positions  # a stop past the end is cut there, as in Python
+            for bound, hi in ((positions.start, p_max), (positions.stop, None)):
+                if bound is not None and (bound < -p_max or (hi is not None and bound > hi)):
                     raise IndexError(f"positions {positions} lie outside {self.path}, which "
                                      f"holds positions 0..{self.max_positions - 1}")
         sel = np.arange(self.max_positions)[positions or slice(None)]

@@ -173,6 +173,11 @@ class ArrayWriter:
         """Rows in finished chunks: a resumed run skips this many records."""
         return sum(c["rows"] for c in self._chunks)
 
+    @property
+    def chunks(self) -> list[dict]:
+        """Copies of the finished chunks' records (name, row_start, rows, shapes, info)."""
+        return [dict(c) for c in self._chunks]
+
     def write(self, arrays: Mapping[str, np.ndarray], info: dict | None = None) -> None:
         """Append one chunk: ``arrays`` maps every field to an array of the same rows.
 
@@ -324,17 +329,19 @@ class ArrayStore:
         return (self.num_rows, *tail)
 
     def rows(self, rows: slice | None) -> tuple[int, int]:
-        """(start, stop) of a contiguous row slice; negative bounds count from the end as in
-        Python, bounds outside ``-num_rows..num_rows`` are an error naming the valid range."""
+        """(start, stop) of a contiguous row slice. Negative bounds count from the end as in
+        Python and a stop past the end is cut there (``slice(lo, lo + batch)`` reads a short
+        last batch); a start outside ``-num_rows..num_rows`` or a stop below ``-num_rows``
+        asks for rows that do not exist and is an error naming the valid range."""
         rows = slice(None) if rows is None else rows
         if not isinstance(rows, slice):
             raise TypeError(f"rows must be a slice or None, got {type(rows).__name__} {rows!r}")
         if rows.step not in (None, 1):
             raise ValueError(f"rows must be a contiguous slice (step 1), got {rows}")
         n = self.num_rows
-        for bound in (rows.start, rows.stop):
+        for bound, hi in ((rows.start, n), (rows.stop, None)):
             if bound is not None and (isinstance(bound, bool) or not isinstance(
-                    bound, (int, np.integer)) or not -n <= bound <= n):
+                    bound, (int, np.integer)) or bound < -n or (hi is not None and bound > hi)):
                 raise IndexError(f"rows {rows} lie outside {self.path}, which holds rows "
                                  f"0..{n - 1} (allowed bounds: -{n}..{n})")
         r0, r1, _ = rows.indices(n)
