@@ -34,7 +34,8 @@ evaluation uses it as much as probing studies do.
   finished chunks whose records now encode to other prompts (every chunk records a digest
   of its prompts), a results file with fewer complete lines than the store has rows, more
   than one batch ahead of it, or with a damaged or misnumbered line. Without a store the
-  results file alone is trusted (it records no settings). Sampling seeds are derived from
+  results file alone is trusted (it records no settings); :mod:`jaxreason.generation_resume`
+  holds these checks. Sampling seeds are derived from
   ``(seed, first record of the batch)``, so a resumed batch draws what it would have drawn.
 * **Data parallel**: with ``mesh`` the rows of every batch are split over its data axes
   (``generate``'s ``mesh``); ``batch_size`` must divide over them.
@@ -43,7 +44,6 @@ evaluation uses it as much as probing studies do.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -53,7 +53,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreason import atomic
+from jaxreason.generation_resume import (check_prompts, check_results, describe, digest,
+                                         model_identity, read_results, rewrite_results)
 from jaxreason.models.generate import generate, prefill_prefix
 from jaxreason.models.layers import KVCache
 from jaxreason.probe.array_store import ArrayWriter
@@ -244,94 +245,6 @@ def _jsonable(row: dict) -> dict:
     return json.loads(json.dumps(row, default=plain))
 
 
-def _read_results(path: Path) -> tuple[list[dict], bool]:
-    """(complete JSON lines of a results file, whether anything follows them): only the last
-    line may be cut by a kill; a damaged line before it, or a line whose ``index`` is not
-    its position, is refused naming the line."""
-    if not path.exists():
-        return [], False
-    if not path.is_file():
-        raise IsADirectoryError(f"results file {path} exists and is not a file")
-    rows = []
-    lines = path.read_text().splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if not line.endswith("\n"):  # only the last line can lack one: cut by a kill
-            return rows, True
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {i + 1} is not JSON ({e}): the file was edited or "
-                             f"damaged; repair or remove that line (nothing was changed)") from e
-        if not isinstance(row, dict) or row.get("index") != i:
-            got = row.get("index") if isinstance(row, dict) else row
-            raise ValueError(f"{path} line {i + 1} holds the result of record {got!r}, expected "
-                             f"index {i}: the file mixes runs or was edited (nothing was changed)")
-        rows.append(row)
-    return rows, False
-
-
-def _rewrite_results(path: Path, rows: list[dict]) -> None:
-    atomic.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
-
-
-def _check_results(rows: list, done: int, bs: int, path: Path, store_dir: Path) -> None:
-    """Results must cover the store's rows and run at most one batch (the one a kill
-    interrupted) ahead of it; anything else is refused before a file is touched."""
-    if len(rows) < done:
-        raise ValueError(f"{path} holds {len(rows)} complete results but the store "
-                         f"{store_dir} holds {done} rows: the results file was truncated or "
-                         f"replaced. Restore it, or move both away to decode again (nothing "
-                         f"was changed)")
-    if len(rows) - done > bs:
-        raise ValueError(f"{path} holds {len(rows)} results but the store {store_dir} only "
-                         f"{done} rows: more than one batch (batch_size={bs}) ahead, so they "
-                         f"are not what a killed batch leaves; refusing to drop them. Restore "
-                         f"the store or move {path} away (nothing was changed)")
-
-
-def _model_identity(model, params) -> dict:
-    """The model's config and a fingerprint of its weights: the raw bytes of a strided sample
-    of every leaf (exact, no float reductions, so the same weights give the same digest on
-    every backend), so a store is never resumed with another model."""
-    config = getattr(model, "config", None)
-    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        flat = leaf.reshape(-1)
-        sample = np.asarray(jax.device_get(flat[::max(1, flat.size // 256)][:256]))
-        h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
-        h.update(sample.tobytes())
-    return {"model": type(model).__name__, "config": _describe(config),
-            "weights": h.hexdigest()[:16]}
-
-
-def _check_prompts(store: ArrayWriter, records: Sequence, encode: Callable) -> None:
-    """Refuse to resume a store whose finished chunks were decoded from other prompts (a
-    records list that changed between runs)."""
-    for c in store.chunks:
-        if "prompt_digest" not in c:
-            continue
-        lo, n = c["row_start"], c["rows"]
-        ids = [[int(t) for t in encode(r)] for r in records[lo:lo + n]]
-        if len(ids) != n or _digest(ids) != c["prompt_digest"]:
-            raise ValueError(f"cannot resume {store.directory}: records {lo}..{lo + n - 1} "
-                             f"encode to other prompts than the ones its chunk {c['name']!r} "
-                             f"was decoded from; the records changed between runs. Use the "
-                             f"same records or a new directory (nothing was changed)")
-
-
-def _describe(value) -> Any:
-    """JSON for the run identity: the value itself when it is JSON, else its repr."""
-    try:
-        return json.loads(json.dumps(value))
-    except TypeError:
-        return repr(value)
-
-
 def run_generation(model, params, records: Sequence, encode: Callable[[Any], Sequence[int]],
                    settings: DecodeSettings, *,
                    decode: Callable[[Sequence[int]], str] | None = None, prefix=None,
@@ -355,8 +268,8 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         up to its stop.
       to_arrays: batch -> arrays for the store (default :func:`default_arrays`).
       out_dir: a run folder: ``results.jsonl`` and the store ``arrays/`` (identity: the
-        settings, the record count, capture, prefix digest and ``identity``; put a weights
-        digest there); closed when done. Or pass ``store`` (an open
+        settings, the record count, capture, prefix digest, the model's config and weights
+        fingerprint, and ``identity``); closed when done. Or pass ``store`` (an open
         :class:`~jaxreason.probe.array_store.ArrayWriter`, which you close) and/or
         ``results_path`` yourself.
       mesh: data-parallel decoding over its data axes.
@@ -379,23 +292,23 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
     if out_dir is not None:
         results_path = Path(out_dir) / "results.jsonl"
     results_path = None if results_path is None else Path(results_path)
-    done_results, cut = _read_results(results_path) if results_path is not None else ([], False)
+    done_results, cut = read_results(results_path) if results_path is not None else ([], False)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if not (out_dir / "arrays").exists():  # checked before a fresh store is made
-            _check_results(done_results, 0, bs, results_path, out_dir / "arrays")
-        digest = None if prefix_ids is None else _digest(prefix_ids)
+            check_results(done_results, 0, bs, results_path, out_dir / "arrays")
         run_identity = {"settings": dataclasses.asdict(settings), "records": len(records),
-                        "capture": _describe(capture), "prefix": digest,
-                        **_model_identity(model, params), "user": _describe(identity or {})}
+                        "capture": describe(capture),
+                        "prefix": None if prefix_ids is None else digest(prefix_ids),
+                        **model_identity(model, params), "user": describe(identity or {})}
         store = ArrayWriter(out_dir / "arrays", identity=run_identity, resume=True,
                             label="generation store")
         own_store = True
     if store is not None:
         done = store.done_rows()
-        _check_prompts(store, records, encode)
+        check_prompts(store, records, encode)
         if results_path is not None:
-            _check_results(done_results, done, bs, results_path, store.directory)
+            check_results(done_results, done, bs, results_path, store.directory)
     else:
         done = len(done_results) - len(done_results) % bs
     if done % bs and done != len(records):
@@ -410,7 +323,7 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         warnings.warn(f"resuming {results_path} at record {done}: dropping {dropped} result "
                       f"line(s) past the store{' and a line cut by a kill' if cut else ''}; "
                       f"their batch is decoded again", stacklevel=2)
-        _rewrite_results(results_path, done_results[:done])
+        rewrite_results(results_path, done_results[:done])
     bar = tqdm(total=len(records), initial=done, desc=desc, disable=not progress)
     for lo in range(done, len(records), bs):
         chunk = list(records[lo:lo + bs])
@@ -437,7 +350,7 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         if store is not None:
             store.write((to_arrays or default_arrays)(batch),
                         info={"prompt_width": int(batch.prompt_ids.shape[1]),
-                              "prompt_digest": _digest(prompts)})
+                              "prompt_digest": digest(prompts)})
         if on_batch is not None:
             on_batch(batch)
         bar.update(len(chunk))
