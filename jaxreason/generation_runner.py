@@ -27,9 +27,16 @@ evaluation uses it as much as probing studies do.
   returns it: the chunk record's ``prompt_width`` is the batch's padded prompt width).
 * **Resume**: per batch the result lines are appended first, then the store chunk is
   written (atomically). On a rerun the store says how many records are done; result lines
-  beyond that are dropped and their batch decoded again, so the files come out identical.
-  Sampling seeds are derived from ``(seed, first record of the batch)``, so a resumed
-  batch draws what it would have drawn.
+  beyond that (at most the one batch a kill interrupts, and a line cut mid-way) are dropped,
+  with a one-line warning, and their batch decoded again, so the files come out identical.
+  Refused without changing anything: a store written with other settings, capture, prefix,
+  model config or weights (``out_dir`` stores record them with the caller's ``identity``),
+  finished chunks whose records now encode to other prompts (every chunk records a digest
+  of its prompts), a results file with fewer complete lines than the store has rows, more
+  than one batch ahead of it, or with a damaged or misnumbered line. Without a store the
+  results file alone is trusted (it records no settings); :mod:`jaxreason.generation_resume`
+  holds these checks. Sampling seeds are derived from
+  ``(seed, first record of the batch)``, so a resumed batch draws what it would have drawn.
 * **Data parallel**: with ``mesh`` the rows of every batch are split over its data axes
   (``generate``'s ``mesh``); ``batch_size`` must divide over them.
 """
@@ -37,8 +44,8 @@ evaluation uses it as much as probing studies do.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -46,7 +53,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreason import atomic
+from jaxreason.generation_resume import (check_prompts, check_results, describe, digest,
+                                         model_identity, read_results, rewrite_results)
 from jaxreason.models.generate import generate, prefill_prefix
 from jaxreason.models.layers import KVCache
 from jaxreason.probe.array_store import ArrayWriter
@@ -235,30 +243,6 @@ def _jsonable(row: dict) -> dict:
     return json.loads(json.dumps(row, default=plain))
 
 
-def _read_results(path: Path) -> list[dict]:
-    """Complete JSON lines of a results file (a line cut by a kill is dropped)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        rows.append(json.loads(line))
-    return rows
-
-
-def _rewrite_results(path: Path, rows: list[dict]) -> None:
-    atomic.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def _describe(value) -> Any:
-    """JSON for the run identity: the value itself when it is JSON, else its repr."""
-    try:
-        return json.loads(json.dumps(value))
-    except TypeError:
-        return repr(value)
-
-
 def run_generation(model, params, records: Sequence, encode: Callable[[Any], Sequence[int]],
                    settings: DecodeSettings, *,
                    decode: Callable[[Sequence[int]], str] | None = None, prefix=None,
@@ -282,8 +266,8 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         up to its stop.
       to_arrays: batch -> arrays for the store (default :func:`default_arrays`).
       out_dir: a run folder: ``results.jsonl`` and the store ``arrays/`` (identity: the
-        settings, the record count, capture, prefix digest and ``identity``; put a weights
-        digest there); closed when done. Or pass ``store`` (an open
+        settings, the record count, capture, prefix digest, the model's config and weights
+        fingerprint, and ``identity``); closed when done. Or pass ``store`` (an open
         :class:`~jaxreason.probe.array_store.ArrayWriter`, which you close) and/or
         ``results_path`` yourself.
       mesh: data-parallel decoding over its data axes.
@@ -301,25 +285,28 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
     else:
         prefix_ids = None
     own_store = False
+    if out_dir is not None and (store is not None or results_path is not None):
+        raise ValueError("pass out_dir, or store/results_path, not both")
     if out_dir is not None:
-        if store is not None or results_path is not None:
-            raise ValueError("pass out_dir, or store/results_path, not both")
+        results_path = Path(out_dir) / "results.jsonl"
+    results_path = None if results_path is None else Path(results_path)
+    done_results, cut = read_results(results_path) if results_path is not None else ([], False)
+    if out_dir is not None:
         out_dir = Path(out_dir)
-        digest = None if prefix_ids is None else hashlib.sha256(
-            json.dumps(prefix_ids).encode()).hexdigest()[:16]
+        if not (out_dir / "arrays").exists():  # checked before a fresh store is made
+            check_results(done_results, 0, bs, results_path, out_dir / "arrays")
         run_identity = {"settings": dataclasses.asdict(settings), "records": len(records),
-                        "capture": _describe(capture), "prefix": digest,
-                        "user": _describe(identity or {})}
+                        "capture": describe(capture),
+                        "prefix": None if prefix_ids is None else digest(prefix_ids),
+                        **model_identity(model, params), "user": describe(identity or {})}
         store = ArrayWriter(out_dir / "arrays", identity=run_identity, resume=True,
                             label="generation store")
-        results_path, own_store = out_dir / "results.jsonl", True
-    results_path = None if results_path is None else Path(results_path)
-    done_results = _read_results(results_path) if results_path is not None else []
+        own_store = True
     if store is not None:
         done = store.done_rows()
-        if results_path is not None and len(done_results) < done:
-            raise ValueError(f"{results_path} holds {len(done_results)} results but the store "
-                             f"holds {done} rows; the two belong to different runs")
+        check_prompts(store, records, encode)
+        if results_path is not None:
+            check_results(done_results, done, bs, results_path, store.directory)
     else:
         done = len(done_results) - len(done_results) % bs
     if done % bs and done != len(records):
@@ -329,12 +316,17 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         raise ValueError(f"the run holds {done} finished rows but there are only "
                          f"{len(records)} records")
     results: list = list(done_results[:done]) + [None] * (len(records) - done)
-    if results_path is not None and len(done_results) != done:
-        _rewrite_results(results_path, done_results[:done])
+    if results_path is not None and (len(done_results) != done or cut):
+        dropped = len(done_results) - done
+        warnings.warn(f"resuming {results_path} at record {done}: dropping {dropped} result "
+                      f"line(s) past the store{' and a line cut by a kill' if cut else ''}; "
+                      f"their batch is decoded again", stacklevel=2)
+        rewrite_results(results_path, done_results[:done])
     bar = tqdm(total=len(records), initial=done, desc=desc, disable=not progress)
     for lo in range(done, len(records), bs):
         chunk = list(records[lo:lo + bs])
-        batch = generate_batch(model, params, [list(encode(r)) for r in chunk], settings,
+        prompts = [[int(t) for t in encode(r)] for r in chunk]
+        batch = generate_batch(model, params, prompts, settings,
                                decode=decode, prefix=prefix, capture=capture,
                                interventions=interventions, mesh=mesh, pad_to=bs,
                                seed=batch_seed(settings.seed, lo), start=lo, records=chunk)
@@ -355,7 +347,8 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
                 f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in batch.results))
         if store is not None:
             store.write((to_arrays or default_arrays)(batch),
-                        info={"prompt_width": int(batch.prompt_ids.shape[1])})
+                        info={"prompt_width": int(batch.prompt_ids.shape[1]),
+                              "prompt_digest": digest(prompts)})
         if on_batch is not None:
             on_batch(batch)
         bar.update(len(chunk))

@@ -41,6 +41,9 @@ class ResponseCache:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise LLMError(f"cache folder {self.directory} is a file; point the cache at a "
+                           f"folder")
 
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"

@@ -59,6 +59,23 @@ class LLMConfig:
                                  "(letters, digits, underscores), not the key itself")
         if self.offline and self.cache_dir is None:
             raise LLMConfigError("offline=True needs a cache_dir to answer from")
+        if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, (str, os.PathLike)):
+                raise LLMConfigError(f"cache_dir must be a folder path or None, got "
+                                     f"{self.cache_dir!r}")
+            if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+                raise LLMConfigError(f"cache_dir={str(self.cache_dir)!r} is a file, not a "
+                                     f"folder; point it at a folder for the answer cache")
+        for name in ("timeout_s", "backoff_initial_s", "backoff_multiplier", "backoff_max_s",
+                     "backoff_jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise LLMConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise LLMConfigError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("offline", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise LLMConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_concurrency", "max_attempts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

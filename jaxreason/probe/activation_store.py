@@ -180,9 +180,7 @@ class ActivationStore:
         self.arrays = arrays
         self.path = arrays.path
         self.manifest = arrays.manifest
-        self.layers: tuple[int, ...] = tuple(self.manifest["layers"])
-        self.d_model: int = int(self.manifest["d_model"])
-        self.dtype: str = _check_dtype(self.manifest["dtype"])
+        self.layers, self.d_model, self.dtype = _check_header(arrays)
         self.meta: dict = dict(arrays.identity.get("meta", {}))
         self.chunks: list[dict] = arrays.chunks
         self.num_rows: int = arrays.num_rows
@@ -196,8 +194,16 @@ class ActivationStore:
                 f"max_positions={self.max_positions})")
 
     def lengths(self) -> np.ndarray:
-        """(N,) number of valid positions per row."""
-        return self.arrays.read("lengths")
+        """(N,) number of valid positions per row (checked: ``0 <= length <= P_chunk``)."""
+        out = self.arrays.read("lengths")
+        for c in self.chunks:
+            part = out[c["row_start"]:c["row_start"] + c["rows"]]
+            p = c["shapes"]["tokens"][0]
+            if part.size and (part.min() < 0 or part.max() > p):
+                raise ValueError(f"{self.path / c['name'] / 'lengths.npy'} holds lengths "
+                                 f"{int(part.min())}..{int(part.max())}, outside 0..{p} (the "
+                                 f"chunk's positions); the store is damaged")
+        return out
 
     def valid(self) -> np.ndarray:
         """(N, P_max) bool: position < length."""
@@ -231,6 +237,12 @@ class ActivationStore:
         if not (np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16):
             raise ValueError(f"dtype must be a float dtype (float32, float16, bfloat16, ...), "
                              f"got {dtype}")
+        if positions is not None:
+            p_max = self.max_positions  # a stop past the end is cut there, as in Python
+            for bound, hi in ((positions.start, p_max), (positions.stop, None)):
+                if bound is not None and (bound < -p_max or (hi is not None and bound > hi)):
+                    raise IndexError(f"positions {positions} lie outside {self.path}, which "
+                                     f"holds positions 0..{self.max_positions - 1}")
         sel = np.arange(self.max_positions)[positions or slice(None)]
         out = np.zeros((self.num_rows, sel.size, self.d_model), dtype)
         lengths = self.lengths()
@@ -248,6 +260,35 @@ class ActivationStore:
                 dst[:, out_cols] = data[crow][:, src_cols]
             dst[sel[None, :] >= lengths[orow, None]] = 0  # the writer zeroed them; do not trust it
         return out
+
+
+def _check_header(arrays: ast.ArrayStore) -> tuple[tuple[int, ...], int, str]:
+    """(layers, d_model, dtype) from the manifest, checked against its fields: one
+    ``layer_<l>`` (positions, d_model) field of the store's dtype per listed layer, plus
+    ``tokens`` and ``lengths``."""
+    where = str(arrays.path / ast.MANIFEST)
+    man = arrays.manifest
+    ast.check_keys(man, {"layers": list, "d_model": int, "dtype": str}, where)
+    layers, d_model, dtype = man["layers"], man["d_model"], man["dtype"]
+    if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers) \
+            or len(set(layers)) != len(layers):
+        raise ValueError(f"{where}: layers = {layers!r} must be distinct non-negative ints; the "
+                         f"store is damaged")
+    if d_model < 1 or dtype not in DTYPES:
+        raise ValueError(f"{where}: d_model = {d_model!r} must be >= 1 and dtype = {dtype!r} one "
+                         f"of {sorted(DTYPES)}; the store is damaged")
+    want = {f"layer_{l}": ast.Field(dtype, (None, d_model)) for l in layers}
+    want.update(tokens=ast.Field("int32", (None,)), lengths=ast.Field("int32", ()))
+    have = {k: f for k, f in arrays.fields.items() if not k.startswith("extra_")}
+    for k in sorted(set(want) | set(have)):
+        w, h = want.get(k), have.get(k)
+        if w is None or h is None or (w.dtype, w.shape) != (h.dtype, h.shape):
+            raise ValueError(
+                f"{where}: field {k!r} is {h.to_json() if h else 'missing'} but layers="
+                f"{layers}, d_model={d_model}, dtype={dtype!r} need "
+                f"{ {'dtype': w.dtype, 'shape': list(w.shape)} if w else 'no such field'}; "
+                f"the store is damaged")
+    return tuple(layers), d_model, dtype
 
 
 def _contiguous(idx: np.ndarray) -> bool:

@@ -26,9 +26,14 @@ Layout (format ``jaxreason.array_store`` version 1, or a caller's own format nam
   ``progress.json`` lists it, so a kill at any point loses at most the batch in flight;
   resuming deletes leftovers. ``close()`` marks the store complete. (Protects against a killed
   process, not a power cut: nothing is fsynced.)
-* **Safety**: files are loaded with ``allow_pickle=False``. Opening validates the chunk list:
-  names must be ``chunk_<5 digits>`` (no ``../``, absolute paths or symlinks out of the
-  store), row ranges must tile ``0..num_rows`` without gaps, overlaps or duplicates.
+* **Safety**: files are loaded with ``allow_pickle=False``, after their header is checked
+  (an object array, a truncated or foreign file is refused without unpickling anything),
+  and must have the dtype and shape the manifest records. Opening validates the manifest
+  (every key the writer writes, of its type) and the chunk list: chunk i must be named
+  ``chunk_<i>`` (no ``../``, absolute paths or symlinks out of the store), row ranges must
+  tile ``0..num_rows`` without gaps, overlaps or duplicates, every chunk records a shape per
+  field that fits it, and no chunk folder may be left out of the list. Rows asked for outside
+  the store are an error naming the valid range.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ import ml_dtypes
 import numpy as np
 
 from jaxreason.probe.store_format import (CHUNK_RE, DTYPES, FIELD_RE, FORMAT, MANIFEST,
-                                          PROGRESS, RESERVED, TMP_PREFIX, VERSION, Field,
-                                          IncompleteStoreError, as_json, check_chunks,
-                                          check_file, chunk_name, infer_field, load_npy,
+                                          MANIFEST_KEYS, PROGRESS, RESERVED, TMP_PREFIX,
+                                          VERSION, Field, IncompleteStoreError, as_json,
+                                          check_chunks, check_file, check_keys, check_shapes,
+                                          check_unlisted, chunk_name, infer_field, load_npy,
                                           read_json, read_manifest, to_storage, write_json)
 
 __all__ = ["Field", "ArrayWriter", "ArrayStore", "open_arrays", "read_manifest", "FORMAT",
@@ -117,6 +123,7 @@ class ArrayWriter:
             raise FileExistsError(f"{self.directory} is not empty but has no {MANIFEST}; it is "
                                   f"not an {self.label}, refusing to write into it")
         mpath = self.directory / MANIFEST
+        check_keys(man, MANIFEST_KEYS, str(mpath))
         if man.get("format") != self.format or man.get("version") != self.version:
             raise ValueError(f"{mpath}: format {man.get('format')!r} version "
                              f"{man.get('version')!r}; this writer handles {self.format!r} "
@@ -132,7 +139,11 @@ class ArrayWriter:
                              f"settings or a new directory")
         ppath = self.directory / PROGRESS
         prog = read_json(ppath) if ppath.exists() else {"chunks": [], "fields": None}
+        check_keys(prog, {"chunks": list}, str(ppath))
         stored_fields = prog.get("fields")
+        if stored_fields is not None and not isinstance(stored_fields, dict):
+            raise ValueError(f"{ppath}: 'fields' = {stored_fields!r} must be a JSON object or "
+                             f"null; the store is damaged")
         fields = (None if stored_fields is None else
                   {k: Field.from_json(v, f"{ppath} field {k!r}") for k, v in stored_fields.items()})
         for k, f in declared.items():
@@ -161,6 +172,11 @@ class ArrayWriter:
     def done_rows(self) -> int:
         """Rows in finished chunks: a resumed run skips this many records."""
         return sum(c["rows"] for c in self._chunks)
+
+    @property
+    def chunks(self) -> list[dict]:
+        """Copies of the finished chunks' records (name, row_start, rows, shapes, info)."""
+        return [dict(c) for c in self._chunks]
 
     def write(self, arrays: Mapping[str, np.ndarray], info: dict | None = None) -> None:
         """Append one chunk: ``arrays`` maps every field to an array of the same rows.
@@ -265,6 +281,7 @@ def open_arrays(directory, format: str = FORMAT, label: str = "array store",
     if man is None:
         raise FileNotFoundError(f"no {label} at {directory} ({MANIFEST} not found)")
     mpath = directory / MANIFEST
+    check_keys(man, {"format": str, "version": int, "complete": bool}, str(mpath))
     if man.get("format") != format or man.get("version") != version:
         raise ValueError(f"{mpath}: format {man.get('format')!r} version {man.get('version')!r}; "
                          f"this reader handles {format!r} v{version}")
@@ -285,19 +302,15 @@ class ArrayStore:
         self.path = Path(directory)
         self.manifest = manifest
         where = str(self.path / MANIFEST)
-        num_rows = manifest.get("num_rows")
-        if not isinstance(num_rows, int):
-            raise ValueError(f"{where}: num_rows {num_rows!r} is not an int")
-        self.chunks = check_chunks(self.path, manifest.get("chunks"), num_rows, where)
-        self.num_rows = num_rows
-        self.identity: dict = dict(manifest.get("identity", {}))
+        check_keys(manifest, MANIFEST_KEYS, where)
+        self.num_rows: int = manifest["num_rows"]
+        self.identity: dict = dict(manifest["identity"])
         self.fields = {k: Field.from_json(v, f"{where} field {k!r}")
-                       for k, v in manifest.get("fields", {}).items()}
+                       for k, v in manifest["fields"].items()}
+        self.chunks = check_chunks(self.path, manifest["chunks"], self.num_rows, where)
         for c in self.chunks:
-            if sorted(c.get("shapes", {})) != sorted(self.fields):
-                raise ValueError(f"{where}: chunk {c['name']!r} records fields "
-                                 f"{sorted(c.get('shapes', {}))}, the store has "
-                                 f"{sorted(self.fields)}")
+            check_shapes(c, self.fields, where)
+        check_unlisted(self.path, self.chunks, where)
 
     def __repr__(self) -> str:
         return f"ArrayStore({str(self.path)!r}, rows={self.num_rows}, fields={sorted(self.fields)})"
@@ -315,8 +328,31 @@ class ArrayStore:
                 for a, n in enumerate(f.shape)]
         return (self.num_rows, *tail)
 
+    def rows(self, rows: slice | None) -> tuple[int, int]:
+        """(start, stop) of a contiguous row slice. Negative bounds count from the end as in
+        Python and a stop past the end is cut there (``slice(lo, lo + batch)`` reads a short
+        last batch); a start outside ``-num_rows..num_rows`` or a stop below ``-num_rows``
+        asks for rows that do not exist and is an error naming the valid range."""
+        rows = slice(None) if rows is None else rows
+        if not isinstance(rows, slice):
+            raise TypeError(f"rows must be a slice or None, got {type(rows).__name__} {rows!r}")
+        if rows.step not in (None, 1):
+            raise ValueError(f"rows must be a contiguous slice (step 1), got {rows}")
+        n = self.num_rows
+        for bound, hi in ((rows.start, n), (rows.stop, None)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(
+                    bound, (int, np.integer)) or bound < -n or (hi is not None and bound > hi)):
+                raise IndexError(f"rows {rows} lie outside {self.path}, which holds rows "
+                                 f"0..{n - 1} (allowed bounds: -{n}..{n})")
+        r0, r1, _ = rows.indices(n)
+        return r0, max(r0, r1)
+
     def chunk(self, name: str, index: int) -> np.ndarray:
         """Chunk ``index``'s array of ``name``, memory-mapped, in the logical dtype."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                or not 0 <= index < len(self.chunks):
+            raise IndexError(f"chunk index {index!r} is outside {self.path}, which holds "
+                             f"chunks 0..{len(self.chunks) - 1}")
         f, c = self._field(name), self.chunks[index]
         path = check_file(self.path, c["name"], f"{name}.npy")
         arr = load_npy(path, mmap=f.dtype != "str")
@@ -326,15 +362,14 @@ class ArrayStore:
                              f"store is damaged")
         stored = DTYPES[f.dtype]
         if (arr.dtype.kind != "U") if f.dtype == "str" else arr.dtype != stored:
-            raise ValueError(f"{path} holds {arr.dtype}, expected {stored} for {f.dtype!r}")
+            raise ValueError(f"{path} holds {arr.dtype}, but field {name!r} is {f.dtype!r} "
+                             f"(stored as {stored}); the store is damaged")
         return arr.view(ml_dtypes.bfloat16) if f.dtype == "bfloat16" else arr
 
     def iter_chunks(self, name: str, rows: slice | None = None
                     ) -> Iterator[tuple[slice, slice, np.ndarray]]:
         """(output rows, chunk rows, memory-mapped chunk) for every chunk meeting ``rows``."""
-        r0, r1, step = (rows or slice(None)).indices(self.num_rows)
-        if step != 1:
-            raise ValueError(f"rows must be a contiguous slice (step 1), got {rows}")
+        r0, r1 = self.rows(rows)
         for i, c in enumerate(self.chunks):
             lo, hi = max(r0, c["row_start"]), min(r1, c["row_start"] + c["rows"])
             if lo < hi:
@@ -346,7 +381,7 @@ class ArrayStore:
         memory-mapped and copied (cast to ``dtype`` if given) into one output array, so peak
         memory is that array."""
         f = self._field(name)
-        r0, r1, _ = (rows or slice(None)).indices(self.num_rows)
+        r0, r1 = self.rows(rows)
         tail = self.shape(name)[1:]
         if f.dtype == "str":
             parts = [np.asarray(a[cr]) for _, cr, a in self.iter_chunks(name, rows)]

@@ -83,12 +83,43 @@ def read_json(path: Path) -> dict:
     return out
 
 
-def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    """np.load without pickle; an object array or missing file gets an error naming the file."""
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an .npy header, checked against the file's size, without loading
+    (and never unpickling) anything; a file that is not one gets an error naming it."""
     try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        f = open(path, "rb")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"store file {path} is missing; the store is damaged") from e
+    with f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version} is not supported")
+            shape, fortran, dtype = read(f)
+        except ValueError as e:
+            raise ValueError(f"refusing to load {path}: it is not a readable .npy file ({e}); "
+                             f"the store is damaged") from e
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"refusing to load {path}: it holds Python objects (dtype {dtype}), "
+                         f"which would need pickle; these stores never contain pickled objects")
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = path.stat().st_size
+    if have != need:
+        what = "truncated" if have < need else "longer than its header says"
+        raise ValueError(f"refusing to load {path}: the file is {what} ({have} bytes, its "
+                         f"header {tuple(shape)} {dtype} needs {need}); the store is damaged")
+    return tuple(shape), dtype
+
+
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """np.load without pickle, after :func:`npy_header` has checked the file: a missing,
+    truncated or non-.npy file, or an object array, gets an error naming the file."""
+    npy_header(path)
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as e:
         raise ValueError(f"refusing to load {path}: it needs pickle or is not a plain numeric "
                          f"array ({e}); these stores never contain pickled objects") from e
@@ -151,6 +182,46 @@ def read_manifest(directory) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+#: what every manifest the writer makes holds, and the JSON type of each
+MANIFEST_KEYS = {"format": str, "version": int, "identity": dict, "fields": dict,
+                 "chunks": list, "num_rows": int, "complete": bool}
+
+
+_JSON_NAMES = {str: "string", int: "integer", dict: "object", list: "list", bool: "true/false"}
+
+
+def check_keys(obj: dict, required: dict, source: str) -> None:
+    """Refuse a JSON object that lacks a required key or holds one of the wrong type."""
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ValueError(f"{source}: required keys {missing} are missing (required: "
+                         f"{sorted(required)}); the store is damaged")
+    for k, tp in required.items():
+        v = obj[k]
+        if not isinstance(v, tp) or (tp is int and isinstance(v, bool)):
+            raise ValueError(f"{source}: {k!r} = {v!r} must be a JSON {_JSON_NAMES[tp]}; the "
+                             f"store is damaged")
+
+
+def check_shapes(chunk: dict, fields: dict, source: str) -> None:
+    """A chunk record's ``shapes``: one list of non-negative ints per field, fitting the
+    field's fixed axes."""
+    shapes = chunk.get("shapes")
+    name = chunk["name"]
+    if not isinstance(shapes, dict) or sorted(shapes) != sorted(fields):
+        have = sorted(shapes) if isinstance(shapes, dict) else shapes
+        raise ValueError(f"{source}: chunk {name!r} records fields {have}, the store has "
+                         f"{sorted(fields)}; the store is damaged")
+    for k, f in fields.items():
+        s = shapes[k]
+        if (not isinstance(s, list) or len(s) != len(f.shape)
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in s)
+                or any(want is not None and n != want for n, want in zip(s, f.shape))):
+            raise ValueError(f"{source}: chunk {name!r} records shape {s!r} for field {k!r}, "
+                             f"which does not fit the field's shape {list(f.shape)} (None = "
+                             f"any size); the store is damaged")
+
+
 def check_chunks(directory: Path, chunks, num_rows: int | None, source: str) -> list[dict]:
     """Refuse a chunk list that escapes the store or does not tile the rows."""
     if not isinstance(chunks, list):
@@ -167,6 +238,10 @@ def check_chunks(directory: Path, chunks, num_rows: int | None, source: str) -> 
             raise ValueError(f"{source}: chunk {name!r} is a link out of {directory}; refusing")
         if name in seen:
             raise ValueError(f"{source}: chunk {name!r} is listed twice")
+        if name != chunk_name(len(seen)):
+            raise ValueError(f"{source}: chunk {len(seen)} is named {name!r}; the writer names "
+                             f"chunk i chunk_<i> ({chunk_name(len(seen))!r}), so the list was "
+                             f"reordered or edited; the store is damaged")
         seen.add(name)
         start, rows = c.get("row_start"), c.get("rows")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, rows)) \
@@ -182,6 +257,18 @@ def check_chunks(directory: Path, chunks, num_rows: int | None, source: str) -> 
         raise ValueError(f"{source}: the chunks hold {end} rows but num_rows says {num_rows}; "
                          f"the store is damaged")
     return list(chunks)
+
+
+def check_unlisted(directory: Path, chunks: list[dict], source: str) -> None:
+    """Refuse a finished store whose folder holds chunks its list leaves out (a shortened
+    list that still adds up would silently hide their rows)."""
+    listed = {c["name"] for c in chunks}
+    extra = sorted(e.name for e in directory.iterdir()
+                   if CHUNK_RE.match(e.name) and e.name not in listed)
+    if extra:
+        raise ValueError(f"{source} lists {len(chunks)} chunks but {directory} also holds "
+                         f"{extra}: the chunk list was shortened or the store damaged; "
+                         f"refusing to open it with rows left out")
 
 
 def check_file(directory: Path, chunk: str, fname: str) -> Path:

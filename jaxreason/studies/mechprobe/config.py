@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from jaxreason.studies.base import StudyConfig, TrainedStudyConfig
+from jaxreason.config_io import ConfigError
+from jaxreason.studies.base import (StudyConfig, TrainedStudyConfig, check_compute_dtype,
+                                    check_sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,14 @@ class MechProbeConfig(TrainedStudyConfig):
     random_mask_draws: int = 3
     random_seed: int = 1234
     seed: int = 42
+
+    def __post_init__(self):
+        check_sizes(self, positive=("probe_examples", "eval_examples", "batch_size",
+                                    "random_mask_draws"))
+        bad = [f for f in self.masking_fractions if not 0 <= f <= 1]
+        if bad:
+            raise ConfigError(f"masking_fractions={list(self.masking_fractions)}: {bad} lie "
+                              f"outside [0, 1] (each is the fraction of heads masked)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +57,9 @@ class MechProbeLlamaConfig(StudyConfig):
     corrupt_subset: tuple[int, ...] = (64, 128)
     corrupt_bins: int = 8
     seed: int = 42
+
+    def __post_init__(self):
+        check_compute_dtype(self.dtype)
+        check_sizes(self, positive=("max_examples_per_bucket", "pad_multiple", "corrupt_pool",
+                                    "corrupt_iterations", "corrupt_subset", "corrupt_bins"),
+                    non_negative=("icl_num", "keep_layers"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ from jaxreason.models import from_config
 from jaxreason.probe import entropy as ent
 from jaxreason.probe import knn, plots
 from jaxreason.probe.features import HF_TRAIN_DROPOUT_SITES, gpt2_probe_features, last_query_attention
-from jaxreason.studies.base import train_or_load
+from jaxreason.studies.base import prepare_run_dir, train_or_load
 from jaxreason.studies.mechprobe.config import MechProbeConfig
 from jaxreason.studies.mechprobe.report import write_kth_report
 from jaxreason.tasks import kth_smallest as kth
@@ -117,8 +116,7 @@ def run(config: MechProbeConfig) -> dict:
     """Train (unless skipped), probe, analyse, plot and report. Returns the metrics."""
     t0 = time.perf_counter()
     faithful = config.mode == "faithful"
-    out_dir = Path(config.run_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_run_dir(config)
     model, params, train_metrics = train_or_load(config)
 
     args = _task_args(config)

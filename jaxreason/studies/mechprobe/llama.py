@@ -51,7 +51,6 @@ import functools
 import math
 import random
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +61,7 @@ from jaxreason.models import from_config, load_pretrained, load_tokenizer
 from jaxreason.probe import knn
 from jaxreason.probe.features import (ARC_KEEP_LAYERS, PROOFWRITER_KEEP_LAYERS,
                                       llama_statement_features, statement_boundaries)
+from jaxreason.studies.base import check_model_dir, prepare_run_dir
 from jaxreason.studies.mechprobe.config import MechProbeLlamaConfig
 from jaxreason.studies.mechprobe.report import write_llama_report
 from jaxreason.tasks import proofwriter as pw
@@ -331,8 +331,8 @@ def run(config: MechProbeLlamaConfig) -> dict:
     t0 = time.perf_counter()
     faithful = config.mode == "faithful"
     arc = config.dataset == "arc"
-    out_dir = Path(config.run_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_model_dir(config.model_path)
+    out_dir = prepare_run_dir(config)
     rng = random.Random(config.seed)
 
     data = pw.load_dataset(config.data_dir)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from jaxreason.config_io import ConfigError
 from jaxreason.probe.linear import ProbeSettings
-from jaxreason.studies.base import TrainedStudyConfig
+from jaxreason.studies.base import TrainedStudyConfig, check_compute_dtype, check_sizes
 from jaxreason.tasks import formulas as fm
 
 
@@ -86,3 +86,21 @@ class ThinkToTalkConfig(TrainedStudyConfig):
                         ("batch_size", self.batch_size), ("max_new_tokens", self.max_new_tokens)):
             if v <= 0:
                 raise ConfigError(f"{name}={v} must be positive")
+        check_sizes(self, positive=("layer_step",), non_negative=("shots",))
+        check_compute_dtype(self.dtype)
+        if self.patches and self.patch_pairs < 1:
+            raise ConfigError(f"patch_pairs={self.patch_pairs} must be positive while patches "
+                              f"are set (or set patches: [])")
+        unknown = [t for t in self.general_prompt_for if t not in self.tasks]
+        if unknown:
+            raise ConfigError(f"general_prompt_for: {unknown} are not in tasks {list(self.tasks)}")
+        for i, p in enumerate(self.patches):
+            if not 0 <= p.start <= p.end or p.start_layer < 0 or p.teacher_force < 0:
+                raise ConfigError(f"patches[{i}] ({p.name!r}): start={p.start}, end={p.end}, "
+                                  f"start_layer={p.start_layer}, teacher_force="
+                                  f"{p.teacher_force}; allowed: 0 <= start <= end, start_layer "
+                                  f">= 0, teacher_force >= 0")
+            if len(p.expect) != p.end - p.start + 1:
+                raise ConfigError(f"patches[{i}] ({p.name!r}): expect has {len(p.expect)} "
+                                  f"entries for the {p.end - p.start + 1} positions "
+                                  f"{p.start}..{p.end} (one token name per position)")

@@ -36,7 +36,8 @@ import numpy as np
 from jaxreason import atomic
 from jaxreason.probe.activation_store import ActivationWriter, open_store
 from jaxreason.probe.linear import chance_accuracy
-from jaxreason.studies.base import train_or_load
+from jaxreason.config_io import ConfigError
+from jaxreason.studies.base import check_model_dir, prepare_run_dir, train_or_load
 from jaxreason.studies.think_to_talk import patching, probing
 from jaxreason.studies.think_to_talk.config import ThinkToTalkConfig
 from jaxreason.studies.think_to_talk.decode import decode_problems, hidden_indices
@@ -45,17 +46,34 @@ from jaxreason.tasks import formulas as fm
 
 # ----------------------------------------------------------------------------- model
 
-def load_model(config: ThinkToTalkConfig):
-    """(model, params, codec, train metrics): the embedded model (trained here unless
-    skipped) or a local HF checkpoint."""
+def load_codec(config: ThinkToTalkConfig):
+    """The study's tokenizer: the local checkpoint's, or the embedded formula tokenizer."""
     from jaxreason.tasks.formula_tokens import FormulaTokenizer, HFCodec
 
     if config.model_path:
-        from jaxreason.models import load_pretrained, load_tokenizer
+        from jaxreason.models import load_tokenizer
+
+        return HFCodec(load_tokenizer(config.model_path))
+    return FormulaTokenizer()
+
+
+def _checked_patch(codec, pairs, i: int, setting) -> list[str]:
+    try:
+        return patching.check_patch_positions(codec, pairs, setting.start, setting.end,
+                                              setting.expect)
+    except ValueError as e:
+        raise ConfigError(f"patches[{i}] ({setting.name!r}): {e}") from None
+
+
+def load_model(config: ThinkToTalkConfig, codec=None):
+    """(model, params, codec, train metrics): the embedded model (trained here unless
+    skipped) or a local HF checkpoint."""
+    codec = codec or load_codec(config)
+    if config.model_path:
+        from jaxreason.models import load_pretrained
 
         model, params = load_pretrained(config.model_path, dtype=config.dtype)
-        return model, params, HFCodec(load_tokenizer(config.model_path)), {}
-    codec = FormulaTokenizer()
+        return model, params, codec, {}
     vocab = config.train.model.overrides.get("vocab_size")
     if vocab is not None and vocab < codec.vocab_size:
         raise ValueError(f"train.model.overrides.vocab_size={vocab} is smaller than the "
@@ -111,16 +129,21 @@ def run(config: ThinkToTalkConfig) -> dict:
     from jaxreason.studies.think_to_talk.report import patch_figures, task_figures, write_report
 
     t0 = time.perf_counter()
-    out = Path(config.run_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    model, params, codec, train_metrics = load_model(config)
+    if config.model_path:
+        check_model_dir(config.model_path)
+    out = prepare_run_dir(config)
+    # bad patch positions fail now, before training or decoding
+    codec = load_codec(config)
+    pairs = fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs) if config.patches else []
+    patched_tokens = {p.name: _checked_patch(codec, pairs, i, p)
+                      for i, p in enumerate(config.patches)}
+    model, params, codec, train_metrics = load_model(config, codec)
     L = model.config.num_layers
     indices = hidden_indices(L, config.layer_step)
-    # bad patch positions fail now, not after an hour of decoding
-    pairs = fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs) if config.patches else []
-    patched_tokens = {p.name: patching.check_patch_positions(codec, pairs, p.start, p.end,
-                                                                 p.expect)
-                      for p in config.patches}
+    late = [(i, p.start_layer) for i, p in enumerate(config.patches) if p.start_layer > L]
+    if late:
+        raise ConfigError(f"patches[{late[0][0]}].start_layer={late[0][1]} is past the model's "
+                          f"hidden-state indices 0..{L} ({L} blocks)")
     mesh, params = _mesh(config, model, params)
     fingerprint = weights_fingerprint(params)
     settings = config.probe.settings()
