@@ -111,12 +111,12 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
                 and bare in ckpt):
             key = bare
         if key not in ckpt:
-            raise ValueError(f"checkpoint {directory} lacks tensor {key!r} (for parameter "
-                             f"{'/'.join(path)} of shape {spec.shape}): {ckpt.source} does not "
-                             f"list it")
+            raise KeyError(f"checkpoint {directory} lacks tensor {key!r} (for parameter "
+                           f"{'/'.join(path)} of shape {spec.shape}): {ckpt.source.name} does "
+                           f"not list it")
         want = tuple(reversed(spec.shape)) if transposed else tuple(spec.shape)
         if ckpt.shape(key) != want:
-            raise ValueError(f"{ckpt.file_of(key)}: tensor {key!r} has shape "
+            raise ValueError(f"{ckpt.file_of(key)}: checkpoint tensor {key!r} has shape "
                              f"{ckpt.shape(key)}; config.json implies {want}"
                              f"{' (stored transposed, (out, in))' if transposed else ''} "
                              f"for parameter {'/'.join(path)}")
