@@ -197,8 +197,8 @@ def save_pretrained(model: CausalLM, params: dict, path: str | os.PathLike, *,
         raise ValueError(f"save_pretrained dtype={dtype!r} is not supported; allowed: "
                          f"{sorted(DTYPES)}")
     cfg: BaseConfig = model.config
-    tensors = to_hf_state_dict(model, params, dtype)
-    with export_into(path, overwrite=overwrite) as tmp:
+    with export_into(path, overwrite=overwrite) as tmp:  # refuses a bad target first
+        tensors = to_hf_state_dict(model, params, dtype)
         hf_config = cfg.to_hf()
         hf_config["torch_dtype"] = dtype or cfg.param_dtype
         write_json(tmp / "config.json", hf_config)
