@@ -70,6 +70,7 @@ from flax import struct
 
 # the reduction specs are part of the capture vocabulary: importable from here too
 from jaxreason.reductions import Mean, Norm, Reduction, TopK, as_arrays  # noqa: F401
+from jaxreason.runtime_checks import check_range, is_concrete  # noqa: F401  (re-exported)
 
 # Every hook template, in forward order. Each model family has all of them or a subset
 # (``jaxreason.models.family.Family.hook_templates``); ``{i}`` is the block index.
@@ -158,32 +159,37 @@ def expand_names(pattern: str, valid: tuple[str, ...], what: str = "hook") -> li
 
 # ----------------------------------------------------------------------------- positions
 
-def is_concrete(x) -> bool:
-    """False for a traced value (inside jit/grad/vmap), whose contents cannot be checked."""
-    return not isinstance(x, jax.core.Tracer)
+def check_positions(positions, length: int, where: str, *, batch: int | None = None,
+                    runtime: bool = False) -> None:
+    """Refuse positions that are not integer slots of ``[0, length)`` in shape (P,) or (B, P).
 
-
-def check_positions(positions, length: int, where: str) -> None:
-    """Raise when concrete positions fall outside ``[0, length)``; traced ones pass."""
-    if positions is None or not is_concrete(positions):
+    Shapes and dtypes are checked even for traced positions; traced contents only when
+    ``runtime`` (a checkified program, see ``jaxreason.runtime_checks``)."""
+    if positions is None:
         return
-    p = np.asarray(positions)
-    if p.ndim not in (1, 2):
-        raise ValueError(f"{where}: positions must have shape (P,) or (B, P), got {p.shape}")
-    if p.size and (p.min() < 0 or p.max() >= length):
-        bad = p[(p < 0) | (p >= length)]
-        raise ValueError(f"{where}: position {int(bad.flat[0])} is outside the sequence; "
-                         f"valid positions are 0..{length - 1}")
+    shape = np.shape(positions)
+    dtype = positions.dtype if hasattr(positions, "dtype") else np.asarray(positions).dtype
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{where}: positions must have shape (P,) or (B, P), got {shape}")
+    if not np.issubdtype(dtype, np.integer) and not (np.size(positions) == 0):
+        raise ValueError(f"{where}: positions must be integer slots, got dtype {dtype}")
+    if batch is not None and len(shape) == 2 and shape[0] != batch:
+        raise ValueError(f"{where}: positions of shape {shape} have {shape[0]} rows but the "
+                         f"batch has {batch}; give (P,) for every row or ({batch}, P)")
+    check_range(positions, 0, length, f"{where}: position",
+                f"is outside the sequence; valid positions are 0..{length - 1}", runtime=runtime)
 
 
-def check_request_positions(capture, interventions, length: int) -> None:
+def check_request_positions(capture, interventions, length: int,
+                            batch: int | None = None) -> None:
     """Check the concrete positions of a capture request and of intervention specs up front,
-    before ``jit`` turns them into tracers that :func:`check_positions` must let pass."""
+    before ``jit`` turns them into tracers whose contents only a runtime check can see."""
     for pattern, request in normalize_capture(capture).items():
         positions = request.positions if isinstance(request, Reduction) else request
-        check_positions(positions, length, f"capture of {pattern!r}")
+        check_positions(positions, length, f"capture of {pattern!r}", batch=batch)
     for pattern, spec in (interventions or {}).items():
-        check_positions(getattr(spec, "positions", None), length, f"intervention at {pattern!r}")
+        check_positions(getattr(spec, "positions", None), length, f"intervention at {pattern!r}",
+                        batch=batch)
 
 
 def _match(positions, slots, batch: int):
@@ -411,30 +417,56 @@ class Apply(Intervention):
         return self.fn(x, slots) if self.args is None else self.fn(x, slots, self.args)
 
 
-def _check_spec(name: str, spec, x, axis: int, length: int) -> None:
+def _fits(got: tuple, want: tuple) -> bool:
+    """Whether an array of shape ``got`` broadcasts to exactly ``want``."""
+    try:
+        return np.broadcast_shapes(got, want) == want
+    except ValueError:
+        return False
+
+
+def _check_spec(name: str, spec, x, axis: int, length: int, runtime: bool = False) -> None:
+    """Refuse a spec that does not fit the hook value ``x`` (its shape, its positions)."""
     if not isinstance(spec, Intervention):
         raise TypeError(f"intervention for {name!r} must be a jaxreason.hooks spec (Replace, "
                         f"Add, Scale, Zero, NeuronScale, HeadMask, Apply), got {type(spec).__name__}")
-    check_positions(getattr(spec, "positions", None), length, f"intervention at {name!r}")
+    where = f"intervention at {name!r}"
+    b = x.shape[0]
+    positions = getattr(spec, "positions", None)
+    check_positions(positions, length, where, batch=b, runtime=runtime)
+    # the value a spec sees at its positions, in position-first layout (B, P or T, ...)
+    rest = tuple(d for i, d in enumerate(x.shape) if i not in (0, axis))
+    seen = tuple(x.shape) if positions is None else (b, x.shape[axis]) + rest
     if isinstance(spec, (Replace, Add)):
-        _check_values_shape(spec.values, x, axis, spec.positions, f"intervention at {name!r}")
+        _check_values_shape(spec.values, x, axis, spec.positions, where)
+    if isinstance(spec, Scale) and not _fits(tuple(np.shape(spec.factor)), seen):
+        layout = "the hook value" if positions is None else "the position-first value"
+        raise ValueError(f"{where}: Scale factor of shape {tuple(np.shape(spec.factor))} does "
+                         f"not broadcast to {layout} of shape {seen}; give a scalar or a "
+                         f"shape that broadcasts to it")
     if isinstance(spec, NeuronScale):
         if not name.endswith("mlp.hook_post") and not name.endswith("mlp.hook_pre"):
             raise ValueError(f"NeuronScale applies to mlp.hook_post (or mlp.hook_pre), not {name!r}")
-        n = spec.neurons
-        if is_concrete(n):
-            n = np.asarray(n)
-            if n.size and (n.min() < 0 or n.max() >= x.shape[-1]):
-                bad = n[(n < 0) | (n >= x.shape[-1])]
-                raise ValueError(f"intervention at {name!r}: neuron {int(bad.flat[0])} is outside "
-                                 f"0..{x.shape[-1] - 1}")
+        n_shape = tuple(np.shape(spec.neurons))
+        if len(n_shape) not in (1, 2) or (len(n_shape) == 2 and n_shape[0] != b):
+            raise ValueError(f"{where}: NeuronScale neurons of shape {n_shape} do not fit; "
+                             f"expected (N,) or ({b}, N) for a batch of {b}")
+        if not _fits(tuple(np.shape(spec.factor)), n_shape):
+            raise ValueError(f"{where}: NeuronScale factor of shape "
+                             f"{tuple(np.shape(spec.factor))} does not broadcast to the "
+                             f"neurons' shape {n_shape}; give a scalar or one factor per neuron")
+        check_range(spec.neurons, 0, x.shape[-1], f"{where}: neuron",
+                    f"is outside 0..{x.shape[-1] - 1} (the hook's {x.shape[-1]} neurons)",
+                    runtime=runtime)
     if isinstance(spec, HeadMask):
         if not name.endswith(("hook_pattern", "hook_z", "hook_attn_scores")):
             raise ValueError(f"HeadMask applies to attn.hook_pattern or attn.hook_z, not {name!r}")
         heads = x.shape[1] if axis == 2 else x.shape[2]
-        if np.shape(spec.mask)[-1] != heads:
-            raise ValueError(f"intervention at {name!r}: head mask of shape "
-                             f"{np.shape(spec.mask)} does not match {heads} heads")
+        m_shape = tuple(np.shape(spec.mask))
+        if len(m_shape) not in (1, 2) or m_shape[-1] != heads or (
+                len(m_shape) == 2 and m_shape[0] not in (1, b)):
+            raise ValueError(f"{where}: head mask of shape {m_shape} does not match {heads} "
+                             f"heads; expected ({heads},) or ({b}, {heads}) for a batch of {b}")
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -446,6 +478,7 @@ class HookPlan:
     capture: Mapping[str, Any]  # name -> None, positions, or a Reduction
     interventions: Mapping[str, Intervention]
     num_layers: int = 0  # blocks of the model, for per-layer reduction arrays
+    runtime_checks: bool = False  # stage checks of traced indices (a checkified program)
 
     @property
     def empty(self) -> bool:
@@ -482,8 +515,12 @@ def captured_position_axis(name: str, request) -> int:
     return 1 if isinstance(request, Reduction) else position_axis(name)
 
 
-def make_plan(capture, interventions, valid: tuple[str, ...]) -> HookPlan:
-    """Resolve patterns against a model's hook names; raises on unknown names."""
+def make_plan(capture, interventions, valid: tuple[str, ...], *,
+              runtime_checks: bool = False) -> HookPlan:
+    """Resolve patterns against a model's hook names; raises on unknown names.
+
+    ``runtime_checks``: also check traced positions and neuron indices when the program runs
+    (only inside ``checkify.checkify``; see ``jaxreason.runtime_checks``)."""
     cap = {}
     for pattern, request in normalize_capture(capture).items():
         for name in expand_names(pattern, valid):
@@ -493,7 +530,8 @@ def make_plan(capture, interventions, valid: tuple[str, ...]) -> HookPlan:
         for name in expand_names(pattern, valid):
             edits[name] = spec
     layers = [i for i in map(layer_of, valid) if i is not None]
-    return HookPlan(cap, edits, num_layers=max(layers, default=-1) + 1)
+    return HookPlan(cap, edits, num_layers=max(layers, default=-1) + 1,
+                    runtime_checks=runtime_checks)
 
 
 class HookRunner:
@@ -522,7 +560,7 @@ class HookRunner:
         axis = position_axis(name)
         spec = self.plan.interventions.get(name)
         if spec is not None:
-            _check_spec(name, spec, x, axis, self.length)
+            _check_spec(name, spec, x, axis, self.length, self.plan.runtime_checks)
             x = spec.edit(x, self.slots, axis)
         if name in self.plan.capture:
             self.captured[name] = self._capture(name, x, axis)
@@ -533,8 +571,9 @@ class HookRunner:
         where = f"capture of {name!r}"
         if request is None:
             return x
+        runtime, batch = self.plan.runtime_checks, x.shape[0]
         if not isinstance(request, Reduction):
-            check_positions(request, self.length, where)
+            check_positions(request, self.length, where, batch=batch, runtime=runtime)
             return _select(x, request, self.slots, axis)
         layer = layer_of(name)
         request.check(where, tuple(x.shape), layer, self.plan.num_layers)
@@ -543,7 +582,7 @@ class HookRunner:
         if valid is None:
             valid = jnp.ones(xt.shape[:2], bool)
         if request.positions is not None:
-            check_positions(request.positions, self.length, where)
+            check_positions(request.positions, self.length, where, batch=batch, runtime=runtime)
             xt, hit = _gather(xt, request.positions, self.slots)
             valid = _gather(valid, request.positions, self.slots)[0].astype(bool) & hit
         return request.reduce(xt, valid, layer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -359,31 +360,54 @@ class LlamaConfig(BaseConfig):
 
 
 def _rope_from_hf(hf: dict) -> dict:
-    """Read RoPE settings from either the transformers<5 (rope_theta + rope_scaling) or the
-    transformers>=5 (rope_parameters) spelling."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {})
-    merged = {**scaling, **params}
-    theta = merged.get("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = merged.get("rope_type", merged.get("type", "default"))
+    """Read RoPE settings as ``transformers`` (5.x) does, from either spelling.
+
+    transformers < 5 wrote ``rope_theta`` at the top level and the scaling in ``rope_scaling``;
+    transformers >= 5 writes both into ``rope_parameters``. When a file has both, a non-empty
+    ``rope_scaling`` replaces ``rope_parameters`` whole (transformers'
+    ``convert_rope_params_to_dict``): its type and factors are used and ``rope_theta`` comes
+    from it, else from the top-level ``rope_theta``, else 10000. A ``rope_parameters`` that
+    says something else is then ignored by transformers, so it is warned about here.
+    """
+    scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+    for key, value in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"field {key}={value!r} must be an object or null")
+    source = "rope_scaling" if scaling else "rope_parameters"
+    chosen = dict(scaling or params or {})
+    if scaling and params and {**params, **scaling} != {**scaling, **params}:
+        warnings.warn(f"config.json has both rope_scaling={scaling} and rope_parameters="
+                      f"{params}; like transformers, jaxreason uses rope_scaling and ignores "
+                      f"rope_parameters", stacklevel=3)
+    theta = chosen.get("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = chosen.get("rope_type", chosen.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-        raise ValueError(f"rope scaling type {rope_type!r} is not implemented; allowed: "
-                         f"{list(ROPE_TYPES)}")
-    if merged.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("rope field partial_rotary_factor != 1 is not implemented")
-    known = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor",
-             "high_freq_factor", "original_max_position_embeddings", "partial_rotary_factor"}
-    extra = sorted(set(merged) - known)
+        raise ValueError(f"{source}: rope scaling type {rope_type!r} is not "
+                         f"implemented; allowed: {list(ROPE_TYPES)}")
+    if chosen.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor="
+                         f"{chosen['partial_rotary_factor']!r} is not implemented (only 1.0)")
+    needed = {"default": (), "linear": ("factor",),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[rope_type]
+    known = {"rope_type", "type", "rope_theta", "partial_rotary_factor",
+             *needed, *(("original_max_position_embeddings",) if rope_type == "llama3" else ())}
+    extra = sorted(set(chosen) - known)
     if extra:
-        raise ValueError(f"rope fields {extra} are not implemented; known: {sorted(known)}")
+        raise ValueError(f"{source}: fields {extra} are not implemented for "
+                         f"rope_type={rope_type!r}; allowed fields: {sorted(known)}")
+    missing = [k for k in needed if k not in chosen]
+    if missing:
+        raise ValueError(f"{source} with rope_type={rope_type!r} lacks {missing}")
     out = dict(rope_theta=float(theta), rope_type=rope_type)
     if rope_type in ("linear", "llama3"):
-        out["rope_factor"] = float(merged["factor"])
+        out["rope_factor"] = float(chosen["factor"])
     if rope_type == "llama3":
-        out.update(rope_low_freq_factor=float(merged["low_freq_factor"]),
-                   rope_high_freq_factor=float(merged["high_freq_factor"]),
-                   rope_original_max_position_embeddings=int(
-                       merged["original_max_position_embeddings"]))
+        # transformers' default: the pretraining length is max_position_embeddings
+        original = chosen.get("original_max_position_embeddings",
+                              hf.get("max_position_embeddings", 2048))
+        out.update(rope_low_freq_factor=float(chosen["low_freq_factor"]),
+                   rope_high_freq_factor=float(chosen["high_freq_factor"]),
+                   rope_original_max_position_embeddings=int(original))
     return out
 
 

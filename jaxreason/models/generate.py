@@ -39,6 +39,7 @@ from jaxreason.models.families import family_of
 from jaxreason.models.layers import KVCache
 from jaxreason.models.lm import CausalLM
 from jaxreason.reductions import Reduction
+from jaxreason.runtime_checks import raise_if_failed
 
 
 @struct.dataclass
@@ -90,12 +91,21 @@ def left_align(input_ids, attention_mask):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "capture_key"))
-def _prefill(model: CausalLM, params, cache, input_ids, attention_mask, interventions,
-             capture_key, capture_requests):
-    out = model.apply(params, input_ids, attention_mask, cache=cache,
-                      capture=dict(zip(capture_key, capture_requests)) or None,
-                      interventions=interventions)
-    return out.logits[:, -1], out.cache, out.captured
+def _checked_prefill(model: CausalLM, params, cache, input_ids, attention_mask, interventions,
+                     capture_key, capture_requests):
+    # checked: the intervention arrays are traced here (a neuron past F must not pass); the
+    # decoding steps reuse the same specs, so checking the prefill covers them too
+    err, out = model.checked_apply(params, input_ids, attention_mask, cache=cache,
+                                   capture=dict(zip(capture_key, capture_requests)) or None,
+                                   interventions=interventions)
+    return err, (out.logits[:, -1], out.cache, out.captured)
+
+
+def _prefill(*args):
+    """The jitted prefill; raises ``ValueError`` for an index its runtime checks refuse."""
+    err, result = _checked_prefill(*args)
+    raise_if_failed(err)
+    return result
 
 
 def _sample(logits, key, temperature: float, top_p: float):
@@ -229,8 +239,9 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         finished. It does not end rows early (they still run to EOS): trimming is the
         caller's, so the output does not depend on when the rule was checked.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if intervene_on not in ("prefill", "all"):
         raise ValueError(f"intervene_on={intervene_on!r}; allowed: 'prefill', 'all'")
     if not 0.0 < top_p <= 1.0 or temperature < 0.0:
@@ -243,6 +254,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
                           for r in prefill_requests)
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    model._check_inputs(ids, mask, None, None)  # shapes, dtype, token ids in the vocabulary
     ids, mask = left_align(ids, mask)
     b, t = ids.shape
     start = 0 if prefix is None else prefix.max_len

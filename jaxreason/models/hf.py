@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +26,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreason.models.config import BaseConfig
+from jaxreason.atomic import write_json
+from jaxreason.models.config import DTYPES, BaseConfig
+from jaxreason.models.export_dir import export_into
 from jaxreason.models.families import config_from_hf, family_of
 from jaxreason.models.lm import CausalLM
 from jaxreason.tree_utils import flatten, unflatten, unwrap_params
@@ -47,7 +47,21 @@ def _local_dir(path: str | os.PathLike) -> Path:
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
-    return json.loads((_local_dir(path) / "config.json").read_text())
+    """The ``config.json`` of a checkpoint directory as a dict; a clear error when it is not
+    a JSON object."""
+    file = _local_dir(path) / "config.json"
+    try:
+        hf = json.loads(file.read_text())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not a text file ({e}); expected the HF config as JSON") \
+            from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON: {e.msg} at line {e.lineno} column "
+                         f"{e.colno}") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{file} holds a JSON {type(hf).__name__}; expected an object "
+                         f"{{\"model_type\": ..., ...}}")
+    return hf
 
 
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
@@ -69,7 +83,12 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
     """
     d = _local_dir(path)
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
-    config = config_from_hf(read_hf_config(d), strict=strict, **overrides)
+    try:
+        config = config_from_hf(read_hf_config(d), strict=strict, **overrides)
+    except (ValueError, TypeError) as e:
+        if str(d) in str(e):
+            raise
+        raise type(e)(f"{d / 'config.json'}: {e}") from None
     model = CausalLM(config)
     params = load_params(d, model, shardings=shardings, strict=strict, progress=progress)
     return model, params
@@ -93,14 +112,17 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
             key = bare
         if key not in ckpt:
             raise KeyError(f"checkpoint {directory} lacks tensor {key!r} (for parameter "
-                           f"{'/'.join(path)} of shape {spec.shape})")
+                           f"{'/'.join(path)} of shape {spec.shape}): {ckpt.source.name} does "
+                           f"not list it")
+        want = tuple(reversed(spec.shape)) if transposed else tuple(spec.shape)
+        if ckpt.shape(key) != want:
+            raise ValueError(f"{ckpt.file_of(key)}: checkpoint tensor {key!r} has shape "
+                             f"{ckpt.shape(key)}; config.json implies {want}"
+                             f"{' (stored transposed, (out, in))' if transposed else ''} "
+                             f"for parameter {'/'.join(path)}")
         arr = ckpt.get(key)
         if transposed:
             arr = arr.T
-        if tuple(arr.shape) != tuple(spec.shape):
-            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(arr.shape)}"
-                             f"{' (transposed)' if transposed else ''}; the config expects "
-                             f"{tuple(spec.shape)}")
         loaded[path] = place(path, np.asarray(arr, dtype=target_dtype))
         used.add(key)
     leftover = [k for k in ckpt.keys() if k not in used and not family.is_hf_buffer(k)]
@@ -131,11 +153,16 @@ def load_tokenizer(path: str | os.PathLike):
 def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) -> dict[str, np.ndarray]:
     """HF-named numpy tensors (transposed back) for the given parameters."""
     np_dtype = np.dtype(jax.numpy.dtype(dtype or model.config.param_dtype))
-    flat = flatten(unwrap_params(params))
+    tree = unwrap_params(params)
+    if not isinstance(tree, dict):
+        raise TypeError(f"params must be the model's parameter tree (a dict), got "
+                        f"{type(tree).__name__}")
+    flat = flatten(tree)
     lora = sorted("/".join(p) for p in flat if p[-1].startswith("lora_"))
     if lora:
         raise ValueError(f"params hold LoRA adapters ({lora[0]}, ...); merge them into the base "
                          "weights first with jaxreason.train.lora.merge_lora")
+    model.check_params(tree)
     out = {}
     family = family_of(model)
     for path, value in flat.items():
@@ -147,21 +174,34 @@ def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) ->
 
 def save_pretrained(model: CausalLM, params: dict, path: str | os.PathLike, *,
                     dtype: str | None = None, tokenizer: Any = None,
-                    max_shard_bytes: int = 4 * 1024**3) -> Path:
+                    max_shard_bytes: int = 4 * 1024**3, overwrite: bool = False) -> Path:
     """Export to a directory that ``transformers`` loads with the same logits.
 
-    The directory is written under a temporary name and renamed into place, so an existing
-    export is replaced only by a complete one.
+    The export is built complete under a temporary name first, so a killed export never
+    leaves half a checkpoint. It writes a marker, ``jaxreason_export.json``, listing the files
+    it wrote (tokenizer files included), and it never deletes a file it did not write:
+
+    * a missing or empty ``path``, or an earlier export there: written; the earlier export's
+      files are replaced (other files a user put beside them are kept);
+    * a non-empty directory that is not an earlier export: refused, unless
+      ``overwrite=True``, which replaces only the files this export writes and keeps the rest.
+
+    Args:
+      dtype: storage dtype of the tensors (``float32``, ``bfloat16``, ``float16``); default
+        the config's ``param_dtype``.
+      tokenizer: an HF tokenizer saved beside the weights.
+      max_shard_bytes: shard the weights into files of at most this size.
+      overwrite: allow a non-empty directory that holds no earlier export (see above).
     """
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"save_pretrained dtype={dtype!r} is not supported; allowed: "
+                         f"{sorted(DTYPES)}")
     cfg: BaseConfig = model.config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with export_into(path, overwrite=overwrite) as tmp:  # refuses a bad target first
         tensors = to_hf_state_dict(model, params, dtype)
         hf_config = cfg.to_hf()
         hf_config["torch_dtype"] = dtype or cfg.param_dtype
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        write_json(tmp / "config.json", hf_config)
         shards = shard_plan({k: v.nbytes for k, v in tensors.items()}, max_shard_bytes)
         meta = {"format": "pt"}
         if len(shards) == 1:
@@ -173,23 +213,8 @@ def save_pretrained(model: CausalLM, params: dict, path: str | os.PathLike, *,
                 write_file(tmp / fname, {k: tensors[k] for k in names}, meta)
                 weight_map.update({k: fname for k in names})
             total = sum(v.nbytes for v in tensors.values())
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            write_json(tmp / "model.safetensors.index.json",
+                       {"metadata": {"total_size": total}, "weight_map": weight_map})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an old ``target`` is removed only after the rename."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    return Path(path).expanduser()

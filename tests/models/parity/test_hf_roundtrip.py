@@ -134,14 +134,18 @@ class _FailingTokenizer:
 
 
 def test_save_pretrained_replaces_atomically(make_pair, tmp_path):
-    """Exporting into an existing directory replaces it wholesale (stale files gone), and a
-    failed export leaves the previous export untouched; no temporary directories remain."""
+    """Exporting into an existing directory that is not an earlier export is refused (a file
+    there is never deleted, not even with overwrite=True), and a failed export leaves the
+    previous export untouched; no temporary directories remain."""
     _, model, params, _ = make_pair("gpt2")
     target = tmp_path / "out"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    save_pretrained(model, params, target)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_pretrained(model, params, target)
+    save_pretrained(model, params, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "jaxreason_export.json",
+                                                        "model.safetensors", "stale.txt"]
     assert leftovers(tmp_path, "out") == []
     before = (target / "model.safetensors").read_bytes()
     with pytest.raises(RuntimeError, match="disk full"):
