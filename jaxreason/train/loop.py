@@ -261,13 +261,14 @@ def main(config: TrainConfig) -> dict:
 
             plot_curves(MetricsLog.read(run_dir / "metrics.jsonl"), run_dir / "curves.png")
     if ck.export_hf:
-        export_hf(model, state.params, run_dir / "hf")
+        export_hf(model, state.params, run_dir / "hf", ck.export_tokenizer)
     checkpointer.close()
     return result
 
 
-def export_hf(model, params, path) -> Path:
-    """Merge LoRA adapters (if any) and write a HuggingFace directory."""
+def export_hf(model, params, path, tokenizer_dir=None) -> Path:
+    """Merge LoRA adapters (if any) and write a HuggingFace directory (with the tokenizer
+    saved in ``tokenizer_dir``, if given)."""
     from jaxreason.models import save_pretrained
     from jaxreason.train.lora import lora_paths, merge_lora
 
@@ -277,7 +278,14 @@ def export_hf(model, params, path) -> Path:
     params = jax.device_get(params)
     if lora_paths(params):
         params = merge_lora(params)
-    return save_pretrained(model, params, path) if jax.process_index() == 0 else Path(path)
+    if jax.process_index():
+        return Path(path)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    return save_pretrained(model, params, path, tokenizer=tokenizer)
 
 
 def losses(run_dir: str | Path) -> list[float]:
