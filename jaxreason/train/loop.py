@@ -261,7 +261,8 @@ def main(config: TrainConfig) -> dict:
 
             plot_curves(MetricsLog.read(run_dir / "metrics.jsonl"), run_dir / "curves.png")
     if ck.export_hf:
-        export_hf(model, state.params, run_dir / "hf", ck.export_tokenizer)
+        extra = {"tokenizer_dir": ck.export_tokenizer} if ck.export_tokenizer else {}
+        export_hf(model, state.params, run_dir / "hf", **extra)
     checkpointer.close()
     return result
 

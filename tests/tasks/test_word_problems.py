@@ -1,7 +1,5 @@
 """The word-problem world: exact arithmetic, correct facts, disjoint splits, determinism."""
 
-import hashlib
-import json
 import os
 import re
 import subprocess
