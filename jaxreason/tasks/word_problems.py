@@ -19,9 +19,6 @@ This is the layout of the few-shot prompts of Rai & Yao's neuron study (``Questi
 between demonstrations), and the layout of the training rows, so demonstrations steer the
 format the model was trained on.
 
-Steps that name a person start with ``So``, so the name is the same token as in the question
-(the tokenizer writes a word at the start of a line without its leading space).
-
 Each step records which earlier step an operand came from (``left_ref``/``right_ref``), so
 variants can change a result and carry the change into later equations.
 
@@ -209,7 +206,7 @@ def _start_groups(b: _Builder) -> bool:
     cont, g = b.rng.choice(lex.CONTAINERS), b.rng.randint(2, 9)
     k = b.rng.randint(2, min(12, lex.MAX_VALUE // g))
     b.sentences.append(f"{b.subject} has {g} {cont} with {k} {b.obj} in each.")
-    b.set_count(b.step(f"So {b.subject} has ", f" {b.obj}.", g, "*", k, "reason"))
+    b.set_count(b.step(f"{b.subject} has ", f" {b.obj}.", g, "*", k, "reason"))
     return True
 
 
@@ -234,7 +231,7 @@ def _start_rate(b: _Builder) -> bool:
     b.sentences.append(f"{b.subject} {verb} {k} {b.obj} {fact.every} for {g} {fact.name}.")
     span = b.step(f"{fact.statement}, so {g} {fact.name} is ", f" {fact.small}.", g, "*",
                   fact.value, "rag")
-    b.set_count(b.step(f"So {b.subject} {verb} ", f" {b.obj}.", k, "*", days, "reason",
+    b.set_count(b.step(f"{b.subject} {verb} ", f" {b.obj}.", k, "*", days, "reason",
                        right_ref=span))
     return True
 

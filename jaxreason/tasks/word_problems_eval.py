@@ -78,7 +78,8 @@ def evaluate_prompt_type(model, params, tokenizer, problems: Sequence[WordProble
     preds = [parse_answer(t) for t in texts]
     correct = np.asarray([pr == p.answer for pr, p in zip(preds, problems)])
     steps = np.asarray([p.n_steps for p in problems])
-    by_steps = {int(n): float(correct[steps == n].mean()) for n in STEP_COUNTS if (steps == n).any()}
+    by_steps = {int(n): float(correct[steps == n].mean())
+                for n in STEP_COUNTS if (steps == n).any()}
     return {"prompt_type": prompt_type, "n_shots": n_shots, "accuracy": float(correct.mean()),
             "by_steps": by_steps, "count": {int(n): int((steps == n).sum()) for n in by_steps},
             "prefix_tokens": len(prefix_ids), "predictions": preds, "continuations": texts}

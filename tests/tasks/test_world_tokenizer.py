@@ -58,7 +58,8 @@ def test_numbers_are_single_digit_tokens(tok):
 
 def test_specials_and_stop(tok):
     assert [tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token] == list(SPECIALS)
-    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
+    ids = [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id]
+    assert ids == [0, 1, 2, 3]
     assert tok.padding_side == "left"
     stop = stop_token_id(tok)
     assert tok.encode("The answer is 7.\n\nQuestion:", add_special_tokens=False)[-3] == stop
