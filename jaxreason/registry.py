@@ -105,6 +105,7 @@ TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",
     "jaxreason.tasks.kth_smallest",
     "jaxreason.tasks.formulas_lm",
+    "jaxreason.tasks.word_problems_lm",
 ), hint="or use data.source=arrays with data.path")
 OBJECTIVES: Registry[Callable] = Registry("objective", modules=(
     "jaxreason.train.objectives",

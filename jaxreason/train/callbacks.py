@@ -121,16 +121,18 @@ def evaluation(eval_data, eval_fn, config) -> Callback:
     return Callback(run, every=config.trainer.eval_every, at_end=True, name="evaluation")
 
 
-def hf_export() -> Callback:
-    """A HuggingFace directory ``<run_dir>/hf`` of the final weights (LoRA merged)."""
+def hf_export(tokenizer_dir=None) -> Callback:
+    """A HuggingFace directory ``<run_dir>/hf`` of the final weights (LoRA merged), with the
+    tokenizer of ``tokenizer_dir`` saved beside them when given."""
     def run(info: StepInfo) -> None:
-        export_hf(info.model, info.params, info.run_dir / "hf")
+        export_hf(info.model, info.params, info.run_dir / "hf", tokenizer_dir)
 
     return Callback(run, at_end=True, name="hf_export")
 
 
-def export_hf(model, params, path) -> Path:
-    """Merge LoRA adapters (if any) and write a HuggingFace directory."""
+def export_hf(model, params, path, tokenizer_dir=None) -> Path:
+    """Merge LoRA adapters (if any) and write a HuggingFace directory; a local tokenizer
+    directory ``tokenizer_dir`` is saved into it, so model and tokenizer load from one place."""
     from jaxreason.models import save_pretrained
     from jaxreason.train.lora import lora_paths, merge_lora
 
@@ -140,4 +142,11 @@ def export_hf(model, params, path) -> Path:
     params = jax.device_get(params)
     if lora_paths(params):
         params = merge_lora(params)
-    return save_pretrained(model, params, path) if jax.process_index() == 0 else Path(path)
+    if jax.process_index():
+        return Path(path)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    return save_pretrained(model, params, path, tokenizer=tokenizer)

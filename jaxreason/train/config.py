@@ -149,7 +149,11 @@ class TrainerSection:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
-    """Orbax checkpoints in ``<run_dir>/checkpoints``; ``resume`` continues the latest one."""
+    """Orbax checkpoints in ``<run_dir>/checkpoints``; ``resume`` continues the latest one.
+
+    ``export_tokenizer``: a local tokenizer directory saved into the ``export_hf`` directory,
+    so the export loads as any local checkpoint (model and tokenizer from one directory).
+    """
 
     save_every: int = 0
     keep_last: int = 2
@@ -157,6 +161,7 @@ class CheckpointSection:
     best_mode: Literal["min", "max"] = "min"
     resume: bool = False
     export_hf: bool = False
+    export_tokenizer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

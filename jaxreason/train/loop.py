@@ -194,7 +194,7 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
         train_step = jax.jit(step_fn, donate_argnums=0)
         eval_fn = jax.jit(lambda p, b: objective(model, p, b, None, **options))
     scheduled = [evaluation(eval_data, eval_fn, config), *callbacks,
-                 *([hf_export()] if ck.export_hf else [])]
+                 *([hf_export(ck.export_tokenizer)] if ck.export_hf else [])]
     batch_size, last_step = config.data.batch_size, config.trainer.steps
 
     cfg_dict = to_dict(config)

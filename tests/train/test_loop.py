@@ -48,9 +48,9 @@ def export_spy(monkeypatch):
     seen = {}
     real = callbacks.export_hf
 
-    def spy(model, params, path):
+    def spy(model, params, path, *rest):
         seen.update(model=model, params=jax.device_get(params), path=path)
-        return real(model, params, path)
+        return real(model, params, path, *rest)
 
     monkeypatch.setattr(callbacks, "export_hf", spy)
     return seen

@@ -1,0 +1,102 @@
+"""The ``word_problems`` training task: teach a small model from scratch to solve the world's
+word problems with the gold chain of thought.
+
+Each row is ``<s>`` followed by whole problems, each laid out exactly as a full-chain
+(``cot_prompt``) few-shot demonstration: ``Question: ...`` / ``Let's think step by step`` /
+one step per line / ``The answer is N.`` / blank line. A model trained on these rows has
+seen the prompt layout, its positions and problems following problems, so few-shot
+demonstrations of that layout steer it at evaluation. Rows are right-padded; a problem that
+does not fit is not split, it starts the next row instead.
+
+The loss counts the solution tokens only (the steps, the answer line and the blank line that
+ends it, which is the evaluation's stop token). The questions are random draws from the
+templates: predicting their numbers is impossible and their wording is no skill the studies
+measure, so spending the small model's capacity on them would only slow learning what they
+do measure, the chain of thought. The questions stay in the context, so the model still
+learns to read them.
+
+Problems come from their own seeded stream (``data_seed``) and skip every question of the
+held-out splits (valid, test and the demonstration pools), so evaluation numbers are on
+problems the model never trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import numpy as np
+
+from jaxreason.data import TokenDataset
+from jaxreason.registry import TASKS
+from jaxreason.tasks.word_problems import STEP_COUNTS, held_out_questions, sample_problem
+
+
+def draw_problems(n: int, seed: int, exclude: set, step_counts: Sequence[int] = STEP_COUNTS,
+                  weights: Sequence[float] | None = None) -> list:
+    """``n`` problems of the training stream (repeats allowed, held-out questions never)."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        p = sample_problem(rng, rng.choices(list(step_counts), weights=weights)[0])
+        if p.question not in exclude:
+            out.append(p)
+    return out
+
+
+def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int):
+    """tokens, attention_mask, loss_mask of ``rows`` rows of ``seq_len`` packed in order
+    from ``problems`` (an error when they run out)."""
+    enc = tokenizer([p.prompt for p in problems] + [p.solution for p in problems],
+                    add_special_tokens=False)["input_ids"]
+    prompts, solutions = enc[:len(problems)], enc[len(problems):]
+    tokens = np.full((rows, seq_len), tokenizer.pad_token_id, np.int32)
+    loss = np.zeros((rows, seq_len), np.float32)
+    attn = np.zeros((rows, seq_len), np.int32)
+    i = 0
+    for r in range(rows):
+        tokens[r, 0], at = tokenizer.bos_token_id, 1
+        while i < len(problems):
+            q, s = prompts[i], solutions[i]
+            if at + len(q) + len(s) > seq_len:
+                if at == 1:
+                    raise ValueError(f"seq_len={seq_len} is too short for one problem "
+                                     f"({1 + len(q) + len(s)} tokens)")
+                break
+            tokens[r, at:at + len(q)] = q
+            tokens[r, at + len(q):at + len(q) + len(s)] = s
+            loss[r, at + len(q):at + len(q) + len(s)] = 1.0
+            at += len(q) + len(s)
+            i += 1
+        else:
+            raise ValueError(f"{len(problems)} problems fill only {r} of {rows} rows")
+        attn[r, :at] = 1
+    return tokens, attn, loss
+
+
+@TASKS.register("word_problems")
+def word_problems_task(seed: int, rows: int = 8000, seq_len: int = 768, data_seed: int = 1000,
+                       step_counts: Sequence[int] = STEP_COUNTS,
+                       weights: Sequence[float] | None = None,
+                       tokenizer_dir: str | None = None) -> TokenDataset:
+    """Packed chain-of-thought rows for training (the rows depend on ``data_seed`` only, so
+    every run trains on the same data; ``seed`` is unused). ``tokenizer_dir``: also save the
+    world's tokenizer there (for ``checkpoint.export_tokenizer``)."""
+    from jaxreason.tasks.world_tokenizer import build_world_tokenizer, save_world_tokenizer
+
+    del seed
+    bad = [n for n in step_counts if n not in STEP_COUNTS]
+    if bad:
+        raise ValueError(f"word_problems: step_counts {bad}; allowed: {list(STEP_COUNTS)}")
+    if weights is not None and len(weights) != len(step_counts):
+        raise ValueError(f"word_problems: {len(weights)} weights for {len(step_counts)} "
+                         "step counts")
+    tokenizer = (save_world_tokenizer(tokenizer_dir) if tokenizer_dir
+                 else build_world_tokenizer())
+    # problems average under 100 tokens: draw enough that the rows never run out
+    per_row = seq_len // 80 + 1
+    problems = draw_problems(rows * per_row, data_seed, held_out_questions(), step_counts,
+                             weights)
+    tokens, attn, loss = pack_rows(problems, tokenizer, rows, seq_len)
+    return TokenDataset({"tokens": tokens, "attention_mask": attn, "loss_mask": loss},
+                        name="word_problems")
