@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import jax
 
 from jaxreason import sharding as sh
+from jaxreason.config_io import ConfigError
 
 
 @dataclasses.dataclass
@@ -127,6 +128,25 @@ def hf_export() -> Callback:
         export_hf(info.model, info.params, info.run_dir / "hf")
 
     return Callback(run, at_end=True, name="hf_export")
+
+
+def check_export_target(path) -> None:
+    """Refuse, before the first step, an export target the export at the end would refuse
+    (a non-empty directory that is not an earlier jaxreason export), so a run does not train
+    for hours and then fail to write its export."""
+    path = Path(path)
+    try:
+        from jaxreason.models.export_dir import check_target
+    except ImportError:  # an export module without target rules: allow only an empty target
+        def check_target(target, overwrite):
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise FileExistsError(f"export target {target} exists and is not empty")
+    try:
+        check_target(path, overwrite=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"checkpoint.export_hf: {e}. The export runs after the last step; move that "
+            f"directory's files away, or set checkpoint.export_hf=false") from None
 
 
 def export_hf(model, params, path) -> Path:
