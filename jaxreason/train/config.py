@@ -189,13 +189,18 @@ class TrainerSection:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
-    """Orbax checkpoints in ``<run_dir>/checkpoints``; ``resume`` continues the latest one."""
+    """Orbax checkpoints in ``<run_dir>/checkpoints``.
+
+    ``resume: true`` continues the newest checkpoint that restores and refuses a run
+    directory with none; ``resume: auto`` (for launchers that start the first and every later
+    attempt the same way: job arrays, preemptible jobs, studies) continues one when there is
+    one and otherwise starts at step 0, saying so in one line."""
 
     save_every: int = 0
     keep_last: int = 2
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
-    resume: bool = False
+    resume: bool | Literal["auto"] = False
     export_hf: bool = False
 
     def __post_init__(self):

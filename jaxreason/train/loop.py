@@ -120,7 +120,6 @@ def initial_state(config: TrainConfig):
     from jaxreason.train.masks import trainable_optimizer
 
     seed = config.trainer.seed
-    preflight.check_devices(config, jax.device_count(), jax.process_count())
     mesh = sh.make_mesh(config.mesh) if jax.device_count() > 1 else None
     model, params = build_model(config.model, seed)
     model, params, old_vocab = apply_peft(model, params, config.peft, seed)
@@ -181,8 +180,10 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     writer = jax.process_index() == 0
     ck = config.checkpoint
     contents = rd.inspect_run_dir(run_dir)
-    rd.check_run_dir(contents, ck.resume, config.trainer.overwrite)
+    resuming = rd.check_run_dir(contents, ck.resume, config.trainer.overwrite, report=_say)
     seed = config.trainer.seed
+    # a mesh asked for on one device is refused here (loading a trained run ignores it)
+    preflight.check_devices(config, jax.device_count(), jax.process_count())
     model, state, tx, lr_fn, mesh = initial_state(config)
     cfg_dict = to_dict(config)
 
@@ -194,7 +195,7 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     start = 0
     final_path = run_dir / "final_metrics.json"
     checkpointer = None
-    if ck.resume:
+    if resuming:
         checkpointer = open_checkpointer()
         try:
             start, state = resume_state(checkpointer, state, cfg_dict, report=_say)
@@ -212,8 +213,9 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
         if ck.best_metric and not callbacks:  # with callbacks: checked once they have run
             sample = train_data.batch(0, config.data.batch_size, config.data.shuffle_seed,
                                       config.data.buckets, shuffle=config.data.shuffle)
-            known = preflight.logged_metrics(objective, model, state.params, sample, options,
-                                             eval_data is not None)
+            with sh.activation_rules(mesh):
+                known = preflight.logged_metrics(objective, model, state.params, sample,
+                                                 options, eval_data is not None)
             if ck.best_metric not in known:
                 raise preflight.unknown_best_metric(ck.best_metric, known)
         if ck.export_hf:
@@ -222,10 +224,11 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
         if checkpointer is not None:
             checkpointer.close()
         raise
-    if config.trainer.overwrite and contents.holds_run:
+    if (config.trainer.overwrite or ck.resume == "auto") and contents.holds_run and not resuming:
         if writer:
             gone = rd.remove_run(contents)
-            _say(f"trainer.overwrite: deleted the earlier run in {run_dir}: {', '.join(gone)}")
+            why = "trainer.overwrite" if config.trainer.overwrite else "checkpoint.resume=auto"
+            _say(f"{why}: deleted the earlier run's files in {run_dir}: {', '.join(gone)}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("jaxreason.train overwrite")
@@ -235,7 +238,7 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
         atomic.write_text(run_dir / "config.yaml", f"{rd.CONFIG_HEADER} (written by "
                           "jaxreason.train; each checkpoint keeps its own copy)\n"
                           + yaml.safe_dump(cfg_dict, sort_keys=False))
-    log = MetricsLog(run_dir / "metrics.jsonl", start if ck.resume else None, writer)
+    log = MetricsLog(run_dir / "metrics.jsonl", start if resuming else None, writer)
 
     use_dropout = "lora" in config.peft.mode and config.peft.lora_dropout > 0
     step_fn = make_train_step(model, tx, objective, options, config.optimizer.accumulate,

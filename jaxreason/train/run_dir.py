@@ -72,8 +72,13 @@ def _first_line(path: Path) -> str:
         return f.readline(200).decode("utf-8", "replace")
 
 
-def check_run_dir(contents: RunDirContents, resume: bool, overwrite: bool) -> None:
-    """Refuse (RunDirError) what would lose data or silently do something else."""
+def check_run_dir(contents: RunDirContents, resume: bool | str, overwrite: bool,
+                  report=print) -> bool:
+    """Refuse (RunDirError) what would lose data or silently do something else; returns
+    whether the run resumes from a checkpoint.
+
+    ``resume="auto"`` resumes when there is a checkpoint; without one it starts at step 0
+    (one line through ``report``) unless the directory holds a finished run."""
     where = f"trainer.run_dir={str(contents.path)!r}"
     if not contents.holds_run and contents.present:
         names = ", ".join(str(contents.path / n) for n in contents.present)
@@ -82,6 +87,15 @@ def check_run_dir(contents: RunDirContents, resume: bool, overwrite: bool) -> No
             f"with {CONFIG_HEADER!r}; there are no checkpoints), and a run writes files of those "
             "names: move them away or choose another trainer.run_dir (trainer.overwrite does "
             "not delete files a run did not write)")
+    if resume == "auto" and not contents.steps:
+        if "final_metrics.json" in contents.present:
+            raise RunDirError(
+                f"checkpoint.resume=auto: {where} holds a finished run without checkpoints, "
+                "which cannot be continued; pass --overwrite (trainer.overwrite=true) to train "
+                "it again or choose another trainer.run_dir")
+        report(f"checkpoint.resume=auto: no checkpoint in {contents.path / CHECKPOINTS} yet; "
+               "starting at step 0")
+        return False
     if resume:
         if not contents.steps:
             if not contents.exists:
@@ -96,13 +110,14 @@ def check_run_dir(contents: RunDirContents, resume: bool, overwrite: bool) -> No
                 "Check the path; to start a new run leave out --resume"
                 + (" and pass --overwrite (trainer.overwrite=true) to replace it"
                    if contents.holds_run else ""))
-        return
+        return True
     if contents.holds_run and not overwrite:
         raise RunDirError(
             f"{where} already holds a training run ({contents.describe()}); training into it "
             "again would replace its checkpoints and metrics. Pass --resume to continue it, "
             "--overwrite (trainer.overwrite=true) to delete its checkpoints/, "
             f"{', '.join(OWN_FILES)} and start again, or choose another trainer.run_dir")
+    return False
 
 
 def remove_run(contents: RunDirContents) -> list[str]:

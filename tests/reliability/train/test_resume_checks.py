@@ -71,3 +71,24 @@ def test_config_changes_ignore_launch_settings_and_schema_drift():
     current = {"trainer": {"run_dir": "b", "progress": False, "steps": 2.0, "overwrite": False},
                "data": {"task_args": {"rows": 4, "length": 9}}}
     assert config_changes(saved, current) == [("data.task_args.length", 9, "not set")]
+
+
+def test_resume_auto_starts_a_first_run_with_one_line_and_continues_later(train, tmp_path,
+                                                                          capfd):
+    """``checkpoint.resume=auto`` (job arrays, preemptible jobs, studies): the first launch
+    starts at step 0 saying so, the next one resumes; a finished run without checkpoints is
+    refused rather than trained again."""
+    capfd.readouterr()
+    train(tmp_path / "a", "--trainer.steps=2", "--checkpoint.save_every=2",
+          "--checkpoint.resume=auto")
+    err = capfd.readouterr().err
+    assert [x for x in err.splitlines() if "resume=auto" in x] == [
+        f"jaxreason.train: checkpoint.resume=auto: no checkpoint in "
+        f"{tmp_path / 'a' / 'checkpoints'} yet; starting at step 0"]
+    _, rows = train(tmp_path / "a", "--trainer.steps=3", "--checkpoint.save_every=2",
+                    "--checkpoint.resume=auto")
+    assert "resuming from checkpoint step 2" in capfd.readouterr().err
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    train(tmp_path / "b", "--trainer.steps=2")
+    with pytest.raises(RunDirError, match="resume=auto: .*finished run without checkpoints"):
+        train(tmp_path / "b", "--trainer.steps=2", "--checkpoint.resume=auto")
