@@ -95,6 +95,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -147,7 +154,11 @@ def parse_overrides(args: Sequence[str]) -> dict:
             i += 1
         else:
             raise ConfigError(f"override {arg!r} has no value")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {arg!r}: the value {raw!r} is not valid YAML "
+                              f"({_yaml_problem(e)})") from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -170,13 +181,34 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line from a YAML parser error: what is wrong and where (1-based line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    start = getattr(e, "context_mark", None)
+    if start is not None and getattr(e, "context", None):
+        where += f" ({e.context} at line {start.line + 1}, column {start.column + 1})"
+    return f"{problem}{where}"
+
+
 def load_yaml(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file; a missing or empty file, a syntax error
+    (reported with its line) or a top level that is not a mapping is a ConfigError."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {str(p)!r} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_yaml_problem(e)}") from None
+    if data is None:
+        raise ConfigError(f"config file {str(p)!r} is empty (or only comments); it would run "
+                          "every default. Put at least one section in it, or leave out --config "
+                          "to run the defaults on purpose")
     if not isinstance(data, dict):
-        raise ConfigError(f"{p} must hold a mapping at the top level")
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections at the top "
+                          f"level, got {type(data).__name__}")
     return data
 
 

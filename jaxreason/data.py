@@ -21,6 +21,8 @@ every global batch.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -30,10 +32,16 @@ import jax
 import numpy as np
 
 from jaxreason import atomic
+from jaxreason.config_io import ConfigError
 from jaxreason.registry import TASKS
 
 SEQ_FIELDS = frozenset({"tokens", "attention_mask", "loss_mask"})  # always (N, T)
 META_FILE = "dataset.json"
+CHECK_CHUNK = 1 << 22  # elements read at once by the load-time checks (memmaps stay cheap)
+
+
+class DataError(ValueError):
+    """Training data that does not fit the model (or is unusable), named by file and row."""
 
 
 class TokenDataset:
@@ -57,12 +65,18 @@ class TokenDataset:
             raise ValueError(f"{name}: no rows")
         self.seq_fields = frozenset(SEQ_FIELDS | set(seq_fields))
         seq = arrays["tokens"].shape[1]
+        for k in ("attention_mask", "loss_mask"):
+            if k in arrays and np.shape(arrays[k]) != np.shape(arrays["tokens"]):
+                raise ValueError(f"{name}: {k} has shape {np.shape(arrays[k])} but tokens has "
+                                 f"{np.shape(arrays['tokens'])}; the masks must have the "
+                                 "tokens' shape (rows, positions)")
         for k in sorted(self.seq_fields & set(arrays)):
             if np.ndim(arrays[k]) < 2 or arrays[k].shape[1] != seq:
                 raise ValueError(f"{name}: sequence field {k!r} has shape {arrays[k].shape}; "
                                  f"its second axis must be the {seq} positions of tokens")
         self.arrays = dict(arrays)
         self.name = name
+        self.files: dict[str, Path] = {}  # array name -> the .npy it was loaded from
 
     def __len__(self) -> int:
         return len(self.arrays["tokens"])
@@ -82,7 +96,56 @@ class TokenDataset:
         if not arrays:
             raise FileNotFoundError(f"{d} holds no .npy arrays")
         meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).exists() else {}
-        return cls(arrays, name=str(d), seq_fields=meta.get("seq_fields", ()))
+        dataset = cls(arrays, name=str(d), seq_fields=meta.get("seq_fields", ()))
+        dataset.files = {p.stem: p for p in sorted(d.glob("*.npy"))}
+        return dataset
+
+    def where(self, field: str) -> str:
+        """The file an array was loaded from, else ``<dataset name>: <field>``."""
+        return str(self.files[field]) if field in self.files else f"{self.name}: {field}"
+
+    def check_fits(self, vocab_size: int, position_limit: int | None) -> None:
+        """Refuse (DataError) data a model with ``vocab_size`` tokens and (when not None)
+        ``position_limit`` positions cannot train on, naming the file and the first bad row.
+
+        Checked: integer tokens (floats would be truncated), ids in [0, vocab_size), at most
+        ``position_limit`` positions, and a ``loss_mask`` that marks at least one target.
+        Arrays are read in chunks of rows, so memory-mapped data costs one pass."""
+        tokens = self.arrays["tokens"]
+        if tokens.dtype.kind not in "iu":
+            raise DataError(f"{self.where('tokens')}: tokens have dtype {tokens.dtype}; token "
+                            "ids must be integers (save them as int32 or int64)")
+        n, seq = tokens.shape
+        rows = max(1, CHECK_CHUNK // max(seq, 1))
+        for start in range(0, n, rows):
+            chunk = np.asarray(tokens[start:start + rows])
+            bad = (chunk < 0) | (chunk >= vocab_size)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise DataError(
+                    f"{self.where('tokens')}: row {start + r}, position {c} holds token id "
+                    f"{int(chunk[r, c])}, outside the model's vocabulary [0, {vocab_size}) "
+                    f"({int(bad.sum())} such ids in rows {start}..{start + len(chunk) - 1} "
+                    "alone)")
+        if position_limit is not None and seq > position_limit:
+            used = 0
+            if "attention_mask" in self.arrays:  # the first row with a real token past the limit
+                used = _first_row_where(self.arrays["attention_mask"], rows,
+                                        lambda m: m[:, position_limit:].any(1))
+            first = (f"row {used} has a real token at position {position_limit} or later"
+                     if used is not None else "the attention_mask marks no token that far: "
+                     "cut the padding columns")
+            raise DataError(
+                f"{self.where('tokens')}: rows have {seq} positions ({first}) but the model "
+                f"addresses only {position_limit} (max_position_embeddings); shorten the "
+                "sequences or use a model with more positions")
+        if "loss_mask" in self.arrays:
+            marked = _first_row_where(self.arrays["loss_mask"], rows, lambda m: m.any(1))
+            if marked is None:
+                raise DataError(
+                    f"{self.where('loss_mask')}: the loss_mask is zero in every one of the {n} "
+                    "rows, so no token counts towards the loss and nothing would train; mark "
+                    "the target tokens with 1 (or drop loss_mask.npy to count every token)")
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write every array as ``<name>.npy`` (and the sequence fields as ``dataset.json``)
@@ -172,10 +235,40 @@ def pad_to_bucket(batch: dict, buckets, seq_fields: Iterable[str] = SEQ_FIELDS) 
     return {k: (v[:, :size] if k in seq_fields else v) for k, v in batch.items()}
 
 
+def _first_row_where(array, rows: int, test) -> int | None:
+    """The first row index where ``test(chunk) -> (rows,) bool`` holds, reading in chunks."""
+    for start in range(0, len(array), rows):
+        hit = np.flatnonzero(test(np.asarray(array[start:start + rows])))
+        if hit.size:
+            return start + int(hit[0])
+    return None
+
+
+def check_task_args(name: str, build, args: Mapping) -> None:
+    """Refuse ``data.task_args`` keys the task function does not take, listing the ones it
+    does (with the closest match)."""
+    try:
+        params = inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = sorted(k for k, p in params.items() if k != "seed" and p.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+    for key in args:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"data.task_args: task {name!r} takes no argument {key!r}.{hint} "
+                             f"Allowed: {', '.join(allowed) or 'none'}")
+
+
 def build_dataset(name: str, seed: int, **args) -> TokenDataset:
     """The dataset of the task registered as ``name`` (see :data:`jaxreason.registry.TASKS`);
-    an unknown name lists the registered ones, bad arguments name the task."""
+    an unknown name lists the registered ones, bad arguments name the task and its allowed
+    arguments."""
     build = TASKS.get(name)
+    check_task_args(name, build, args)
     try:
         return build(seed=seed, **args)
     except TypeError as e:

@@ -65,14 +65,14 @@ class TrainedStudyConfig(StudyConfig):
 
 def train_or_load(config: TrainedStudyConfig):
     """``(model, params, train_metrics)``: the study's model trained through
-    :func:`jaxreason.train.loop.main` (resuming, so a finished run is not trained again; a
+    :func:`jaxreason.train.loop.main` (``resume=auto``, so a finished run is not trained again; a
     checkpoint is saved at least at the end), or with ``skip_training`` the trained run
     loaded as it is. ``train_metrics`` are the numeric final metrics ({} when skipped)."""
     from jaxreason.train.loop import load_trained, main
 
     ckpt = config.train.checkpoint
     train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
-        ckpt, resume=True, save_every=ckpt.save_every or config.train.trainer.steps))
+        ckpt, resume="auto", save_every=ckpt.save_every or config.train.trainer.steps))
     result = {} if config.skip_training else main(train_cfg)
     try:
         model, params = load_trained(train_cfg)

@@ -17,7 +17,11 @@ def parse(argv):
     parser = argparse.ArgumentParser(prog="python -m jaxreason.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in trainer.run_dir from its newest good checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in trainer.run_dir (deletes its checkpoints, "
+                             "metrics.jsonl, final_metrics.json, config.yaml, curves.png)")
     parser.add_argument("--distributed", choices=("off", "auto"), default="off")
     parser.add_argument("--coordinator", help="HOST:PORT of process 0 for multi-host runs")
     parser.add_argument("--num-processes", type=int)
@@ -43,15 +47,23 @@ def cli(argv=None) -> int:
 
     if args.resume:
         overrides = [*overrides, "--checkpoint.resume=true"]
+    if args.overwrite:
+        overrides = [*overrides, "--trainer.overwrite=true"]
     try:
         config = load_train_config(args.config, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     init_distributed(args)
+    from jaxreason.data import DataError
+    from jaxreason.train.checkpoint import CheckpointUnusable
     from jaxreason.train.loop import main
 
-    result = main(config)
+    try:
+        result = main(config)
+    except (ConfigError, DataError, CheckpointUnusable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in result.items()}, indent=2))
     return 0
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 import jax
 
 from jaxreason import sharding as sh
+from jaxreason.config_io import ConfigError
+from jaxreason.models.export_dir import check_target
 
 
 @dataclasses.dataclass
@@ -128,6 +130,19 @@ def hf_export(tokenizer_dir=None) -> Callback:
         export_hf(info.model, info.params, info.run_dir / "hf", tokenizer_dir)
 
     return Callback(run, at_end=True, name="hf_export")
+
+
+def check_export_target(path) -> None:
+    """Refuse, before the first step, an export target the export at the end would refuse
+    (a non-empty directory that is not an earlier jaxreason export), so a run does not train
+    for hours and then fail to write its export."""
+    path = Path(path)
+    try:
+        check_target(path, overwrite=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"checkpoint.export_hf: {e}. The export runs after the last step; move that "
+            f"directory's files away, or set checkpoint.export_hf=false") from None
 
 
 def export_hf(model, params, path, tokenizer_dir=None) -> Path:

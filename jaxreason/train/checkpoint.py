@@ -28,9 +28,15 @@ Design:
   (``cleanup_tmp_directories=True``).
 * **Foreign directories**: a directory with unrelated files can host
   checkpoints (logs beside them are fine), but one whose integer-named
-  subdirectories are not our checkpoints is refused, since retention would
-  delete them. ``tests/train/test_checkpoint.py`` kills
+  subdirectories are not our checkpoints (none of the items ``state``,
+  ``config``, ``_CHECKPOINT_METADATA`` a save writes) is refused, since retention
+  would delete them. A step directory that lost its ``state`` is still ours: it
+  is damaged, not foreign. ``tests/train/test_checkpoint.py`` kills
   a process just before the rename to check this.
+* **Damaged checkpoints**: :meth:`Checkpointer.restore_newest` tries the steps
+  newest first and skips each one that does not restore (a deleted or
+  truncated data file, a missing manifest or metadata), reporting one line per
+  skipped step, so a run resumes from its newest good checkpoint.
 * **Restoring** goes through an abstract target: every leaf becomes a
   ``jax.ShapeDtypeStruct`` carrying the sharding the caller wants (a concrete
   array's own ``.sharding``; a single default device when an abstract leaf has
@@ -53,9 +59,29 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "CheckpointUnusable", "is_checkpoint_step"]
 
 _STATE, _CONFIG = "state", "config"
+# what a save writes into every step directory; a directory with any of them is ours
+_STEP_ITEMS = (_STATE, _CONFIG, "_CHECKPOINT_METADATA")
+
+
+class CheckpointUnusable(RuntimeError):
+    """No kept checkpoint of a directory restores."""
+
+
+def is_checkpoint_step(path) -> bool:
+    """An integer-named directory holding at least one item of a jaxreason checkpoint."""
+    path = os.fspath(path)
+    return (os.path.basename(path).isdigit() and os.path.isdir(path)
+            and any(os.path.exists(os.path.join(path, item)) for item in _STEP_ITEMS))
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception (with its type), cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _jsonable(x: Any) -> Any:
@@ -118,13 +144,13 @@ class Checkpointer:
         # Orbax takes every integer-named subdirectory for a step and would let
         # retention delete it: refuse a directory whose "steps" are not ours.
         foreign = [s for s in self._mngr.all_steps()
-                   if not os.path.isdir(os.path.join(directory, str(s), _STATE))]
+                   if not is_checkpoint_step(os.path.join(directory, str(s)))]
         if foreign:
             self._mngr.close()
             raise ValueError(
                 f"{directory} is not a jaxreason checkpoint directory: its entries "
-                f"{[str(s) for s in sorted(foreign)]} look like steps but hold no "
-                f"'{_STATE}' item; use another directory")
+                f"{[str(s) for s in sorted(foreign)]} look like steps but hold none of the "
+                f"items {list(_STEP_ITEMS)} a checkpoint has; use another directory")
 
     # Metric used for ranking; a missing or NaN value ranks worst.
     def _metric(self, metrics: Any) -> float:
@@ -216,6 +242,31 @@ class Checkpointer:
         except (ValueError, KeyError) as e:
             raise ValueError(f"restoring step {step} from {self.directory} into the given "
                              f"target failed (does its structure match the saved state?): {e}") from e
+
+    def restore_newest(self, target: Any, report=print) -> tuple[int, Any]:
+        """Restore the newest checkpoint that restores; returns ``(step, state)``.
+
+        Steps are tried newest first. A step whose restore fails is skipped with one line
+        through ``report`` saying which step and why; when none restores,
+        :class:`CheckpointUnusable` lists each step's reason."""
+        steps = self._resolve_all()
+        failures = []
+        for step in reversed(steps):
+            try:
+                state = self.restore(step, target)
+            except Exception as e:  # any damage: try the next older step
+                reason = short_reason(e.__cause__ or e)
+                failures.append(f"step {step}: {reason}")
+                report(f"skipping checkpoint step {step} in {self.directory}: it does not "
+                       f"restore ({reason})")
+                continue
+            return step, state
+        raise CheckpointUnusable(
+            f"none of the checkpoints in {self.directory} restores: " + "; ".join(failures))
+
+    def _resolve_all(self) -> list[int]:
+        self._resolve(None)  # raises the clear error when there are none
+        return self.all_steps()
 
     def config(self, step: int | None = None) -> dict:
         """The config dict saved beside ``step`` (None: latest)."""

@@ -9,10 +9,24 @@ combinations early (before a model is built or a device touched).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from jaxreason.config_io import ConfigError, load_config
 from jaxreason.sharding import MeshConfig
+
+
+def _check_number(where: str, value: float, *, low: float, high: float = math.inf,
+                  low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse NaN, infinities and values outside [low, high] (open ends where asked)."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not ok:
+        lo = f"{'(' if low_open else '['}{low:g}"
+        hi = f"{high:g}{')' if high_open else ']'}" if math.isfinite(high) else "inf)"
+        kind = "positive (a finite number" if low == 0 and low_open else "a finite number"
+        raise ConfigError(f"{where}={value!r} must be {kind} in {lo}, {hi}"
+                          + (")" if kind.startswith("positive") else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +73,13 @@ class DataSection:
             raise ConfigError(f"data.batch_size={self.batch_size} must be positive")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+        if self.eval_batches < 1:
+            raise ConfigError(f"data.eval_batches={self.eval_batches} must be >= 1 (set "
+                              "data.eval_fraction=0 for no held-out evaluation)")
+        bad = [b for b in self.buckets if b < 1]
+        if bad:
+            raise ConfigError(f"data.buckets={list(self.buckets)}: every bucket must be a "
+                              f"positive length, got {bad}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +101,13 @@ class OptimizerSection:
     accumulate: int = 1
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ConfigError(f"optimizer.lr={self.lr} must be positive")
+        _check_number("optimizer.lr", self.lr, low=0.0, low_open=True)
+        _check_number("optimizer.b1", self.b1, low=0.0, high=1.0, high_open=True)
+        _check_number("optimizer.b2", self.b2, low=0.0, high=1.0, high_open=True)
+        _check_number("optimizer.eps", self.eps, low=0.0, low_open=True)
+        _check_number("optimizer.weight_decay", self.weight_decay, low=0.0)
+        if self.grad_clip is not None:
+            _check_number("optimizer.grad_clip", self.grad_clip, low=0.0, low_open=True)
         if self.accumulate < 1:
             raise ConfigError(f"optimizer.accumulate={self.accumulate} must be >= 1")
 
@@ -97,6 +123,7 @@ class ScheduleSection:
     def __post_init__(self):
         if self.warmup_steps < 0:
             raise ConfigError(f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
+        _check_number("schedule.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +133,10 @@ class TrainerSection:
     ``objective_options`` are the objective's keyword arguments (checked against its
     signature). ``classify_tokens`` is a deprecated alias of
     ``objective_options.classify_tokens``, passed only to objectives that take it.
+    ``eval_every=0`` evaluates only after the last step. ``overwrite`` lets a new run replace
+    the run already in ``run_dir`` (its checkpoints, metrics.jsonl, final_metrics.json,
+    config.yaml and curves.png, nothing else); without it such a directory is refused unless
+    ``checkpoint.resume`` continues it.
     """
 
     steps: int = 100
@@ -118,10 +149,19 @@ class TrainerSection:
     run_dir: str = "runs/default"
     progress: bool = True
     plot: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.steps <= 0:
             raise ConfigError(f"trainer.steps={self.steps} must be positive")
+        if self.eval_every < 0:
+            raise ConfigError(f"trainer.eval_every={self.eval_every} must be >= 0 (a step "
+                              "count; 0 evaluates only after the last step)")
+        if self.log_every < 1:
+            raise ConfigError(f"trainer.log_every={self.log_every} must be >= 1 (log every "
+                              "that many steps; the first and last step are always logged)")
+        if not self.run_dir:
+            raise ConfigError("trainer.run_dir must name a directory")
         from jaxreason.train import objectives
 
         try:
@@ -149,7 +189,12 @@ class TrainerSection:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
-    """Orbax checkpoints in ``<run_dir>/checkpoints``; ``resume`` continues the latest one.
+    """Orbax checkpoints in ``<run_dir>/checkpoints``.
+
+    ``resume: true`` continues the newest checkpoint that restores and refuses a run
+    directory with none; ``resume: auto`` (for launchers that start the first and every later
+    attempt the same way: job arrays, preemptible jobs, studies) continues one when there is
+    one and otherwise starts at step 0, saying so in one line.
 
     ``export_tokenizer``: a local tokenizer directory saved into the ``export_hf`` directory,
     so the export loads as any local checkpoint (model and tokenizer from one directory).
@@ -159,9 +204,18 @@ class CheckpointSection:
     keep_last: int = 2
     best_metric: str | None = None
     best_mode: Literal["min", "max"] = "min"
-    resume: bool = False
+    resume: bool | Literal["auto"] = False
     export_hf: bool = False
     export_tokenizer: str | None = None
+
+    def __post_init__(self):
+        if self.save_every < 0:
+            raise ConfigError(f"checkpoint.save_every={self.save_every} must be >= 0 (0: no "
+                              "checkpoints)")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last={self.keep_last} must be >= 1")
+        if self.best_metric == "":
+            raise ConfigError("checkpoint.best_metric must name a logged metric or be null")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +238,10 @@ class PeftSection:
             raise ConfigError("peft.mode=patterns needs peft.patterns")
         if self.lora_rank <= 0:
             raise ConfigError(f"peft.lora_rank={self.lora_rank} must be positive")
+        if self.new_tokens < 0:
+            raise ConfigError(f"peft.new_tokens={self.new_tokens} must be >= 0")
+        _check_number("peft.lora_alpha", self.lora_alpha, low=0.0, low_open=True)
+        _check_number("peft.lora_dropout", self.lora_dropout, low=0.0, high=1.0, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +264,15 @@ class TrainConfig:
                               f"data.batch_size={self.data.batch_size}")
         if self.checkpoint.best_metric and not self.checkpoint.save_every:
             raise ConfigError("checkpoint.best_metric needs checkpoint.save_every > 0")
+        best = self.checkpoint.best_metric
+        if best and best.startswith("eval_") and self.data.eval_fraction == 0:
+            raise ConfigError(f"checkpoint.best_metric={best!r} is a held-out metric, but "
+                              "data.eval_fraction=0 leaves no held-out data, so it is never "
+                              "logged; set data.eval_fraction > 0 or rank by a training metric")
+        if self.checkpoint.resume and self.trainer.overwrite:
+            raise ConfigError("checkpoint.resume (--resume) continues the run in "
+                              "trainer.run_dir and trainer.overwrite (--overwrite) deletes it: "
+                              "choose one")
 
 
 def load_train_config(path=None, overrides=()) -> TrainConfig:

@@ -1,10 +1,12 @@
 """The training loop: ``main(config)`` does one whole run.
 
-Flow: build model (+ LoRA / new tokens) -> place parameters on the mesh by their logical
-axes -> optimizer with a trainable mask -> restore the latest checkpoint when resuming ->
-jitted steps over deterministic batches, with JSONL metrics, checkpoints, a progress bar and
-callbacks (:mod:`jaxreason.train.callbacks`: the held-out evaluation, the optional HF export
-and whatever the caller adds) -> curves PNG.
+Flow: check the run directory (:mod:`jaxreason.train.run_dir`: a run is never replaced
+without ``trainer.overwrite``) and the mesh -> build model (+ LoRA / new tokens) -> place
+parameters on the mesh by their logical axes -> optimizer with a trainable mask -> when
+resuming, restore the newest checkpoint that restores (:mod:`jaxreason.train.resume`) ->
+load and check the data against the model -> jitted steps over deterministic batches, with
+JSONL metrics, checkpoints, a progress bar and callbacks (:mod:`jaxreason.train.callbacks`:
+the held-out evaluation, the optional HF export and whatever the caller adds) -> curves PNG.
 
 Everything a run depends on lives in the ``TrainState`` pytree (step, params, optimizer
 state, PRNG key) and batch ``s`` is a function of (seed, s), so a run killed and resumed
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +32,10 @@ from tqdm.auto import tqdm
 from jaxreason import atomic
 from jaxreason import sharding as sh
 from jaxreason.config_io import to_dict
-from jaxreason.train import objectives
-from jaxreason.train.callbacks import (Callback, StepInfo, epochs_done, evaluation, hf_export,
-                                       run_due)
+from jaxreason.train import objectives, preflight
+from jaxreason.train import run_dir as rd
+from jaxreason.train.callbacks import (Callback, StepInfo, check_export_target, epochs_done,
+                                       evaluation, hf_export, run_due)
 from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
 from jaxreason.train.config import TrainConfig
 from jaxreason.train.optim import build_optimizer
@@ -151,9 +155,18 @@ def load_trained(config: TrainConfig, best: bool = True):
         checkpointer.close()
         raise FileNotFoundError(f"no checkpoint in {directory}; train first (and set "
                                 "checkpoint.save_every)")
-    state = checkpointer.restore(step, state)
+    if step is None:
+        _, state = checkpointer.restore_newest(state, report=_say)
+    else:
+        state = checkpointer.restore(step, state)
     checkpointer.close()
     return model, state.params
+
+
+def _say(message: str) -> None:
+    """One line of run information on stderr (process 0 only)."""
+    if jax.process_index() == 0:
+        print(f"jaxreason.train: {message}", file=sys.stderr, flush=True)
 
 
 def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
@@ -161,32 +174,72 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
 
     ``callbacks`` run after the built-in evaluation (and before the HF export) when due."""
     from jaxreason.train.checkpoint import Checkpointer
+    from jaxreason.train.resume import resume_state
 
     run_dir = Path(config.trainer.run_dir).expanduser().resolve()
     writer = jax.process_index() == 0
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    seed = config.trainer.seed
-    model, state, tx, lr_fn, mesh = initial_state(config)
-
     ck = config.checkpoint
-    checkpointer = Checkpointer(run_dir / "checkpoints", save_every=ck.save_every or 10**9,
-                                keep_last=ck.keep_last, best_metric=ck.best_metric,
-                                best_mode=ck.best_mode)
-    start = 0
-    if ck.resume and checkpointer.latest_step() is not None:
-        state = checkpointer.restore(None, state)
-        start = int(state.step)
-    log = MetricsLog(run_dir / "metrics.jsonl", start if ck.resume else None, writer)
+    contents = rd.inspect_run_dir(run_dir)
+    resuming = rd.check_run_dir(contents, ck.resume, config.trainer.overwrite, report=_say)
+    seed = config.trainer.seed
+    # a mesh asked for on one device is refused here (loading a trained run ignores it)
+    preflight.check_devices(config, jax.device_count(), jax.process_count())
+    model, state, tx, lr_fn, mesh = initial_state(config)
+    cfg_dict = to_dict(config)
 
+    def open_checkpointer():
+        return Checkpointer(run_dir / "checkpoints", save_every=ck.save_every or 10**9,
+                            keep_last=ck.keep_last, best_metric=ck.best_metric,
+                            best_mode=ck.best_mode)
+
+    start = 0
     final_path = run_dir / "final_metrics.json"
-    if start >= config.trainer.steps and final_path.exists():  # resuming a finished run
-        checkpointer.close()
-        return json.loads(final_path.read_text())
-    train_data, eval_data = build_data(config.data, seed)
+    checkpointer = None
+    if resuming:
+        checkpointer = open_checkpointer()
+        try:
+            start, state = resume_state(checkpointer, state, cfg_dict, report=_say)
+        except BaseException:
+            checkpointer.close()
+            raise
+        if start >= config.trainer.steps and final_path.exists():  # resuming a finished run
+            checkpointer.close()
+            return json.loads(final_path.read_text())
+
     objective = objectives.get(config.trainer.objective)
     options = config.trainer.options()
+    try:
+        train_data, eval_data = build_data(config.data, seed, model)
+        if ck.best_metric and not callbacks:  # with callbacks: checked once they have run
+            sample = train_data.batch(0, config.data.batch_size, config.data.shuffle_seed,
+                                      config.data.buckets, shuffle=config.data.shuffle)
+            with sh.activation_rules(mesh):
+                known = preflight.logged_metrics(objective, model, state.params, sample,
+                                                 options, eval_data is not None)
+            if ck.best_metric not in known:
+                raise preflight.unknown_best_metric(ck.best_metric, known)
+        if ck.export_hf:
+            check_export_target(run_dir / "hf")
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
+    if (config.trainer.overwrite or ck.resume == "auto") and contents.holds_run and not resuming:
+        if writer:
+            gone = rd.remove_run(contents)
+            why = "trainer.overwrite" if config.trainer.overwrite else "checkpoint.resume=auto"
+            _say(f"{why}: deleted the earlier run's files in {run_dir}: {', '.join(gone)}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxreason.train overwrite")
+    if checkpointer is None:
+        checkpointer = open_checkpointer()
+    if writer:
+        atomic.write_text(run_dir / "config.yaml", f"{rd.CONFIG_HEADER} (written by "
+                          "jaxreason.train; each checkpoint keeps its own copy)\n"
+                          + yaml.safe_dump(cfg_dict, sort_keys=False))
+    log = MetricsLog(run_dir / "metrics.jsonl", start if resuming else None, writer)
+
     use_dropout = "lora" in config.peft.mode and config.peft.lora_dropout > 0
     step_fn = make_train_step(model, tx, objective, options, config.optimizer.accumulate,
                               use_dropout)
@@ -196,8 +249,10 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     scheduled = [evaluation(eval_data, eval_fn, config), *callbacks,
                  *([hf_export(ck.export_tokenizer)] if ck.export_hf else [])]
     batch_size, last_step = config.data.batch_size, config.trainer.steps
+    best_pending = bool(ck.best_metric and callbacks)
+    seen_keys: set[str] = set()
+    not_yet_run = {id(c) for c in callbacks}
 
-    cfg_dict = to_dict(config)
     last: dict = {}
     bar = tqdm(total=config.trainer.steps, initial=start, desc="training",
                disable=not (config.trainer.progress and writer))
@@ -235,6 +290,17 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
                        tokens_per_s=tokens_seen / max(elapsed, 1e-9))
             run_due(scheduled, StepInfo(done, epoch, model, state.params, row, run_dir, mesh,
                                         config), last_step, epoch_ended)
+            if best_pending:
+                seen_keys |= set(row)
+                not_yet_run -= {id(c) for c in callbacks if c.due(done, last_step, epoch_ended)}
+                if ck.best_metric in seen_keys:
+                    best_pending = False
+                elif not not_yet_run:
+                    bar.close()
+                    checkpointer.close()
+                    raise preflight.unknown_best_metric(
+                        ck.best_metric, seen_keys - {"split"},
+                        f" (every callback has run by step {done})")
             last = row
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
