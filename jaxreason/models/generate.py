@@ -40,6 +40,7 @@ from jaxreason.models.layers import KVCache
 from jaxreason.models.lm import CausalLM
 from jaxreason.reductions import Reduction
 from jaxreason.runtime_checks import raise_if_failed
+from jaxreason.sharding import batch_sharding, replicated
 
 
 @struct.dataclass
@@ -136,8 +137,6 @@ def _step(model: CausalLM, params, cache, token, live, interventions, key, captu
 
 def _shard_rows(tree, batch: int, mesh):
     """Split every array whose leading axis is the batch over (data, fsdp); replicate the rest."""
-    from jaxreason.sharding import batch_sharding, replicated
-
     def put(x):
         if getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch:
             return jax.device_put(x, batch_sharding(mesh, x.ndim))

@@ -145,7 +145,7 @@ def _placement(shardings) -> Callable[[tuple, np.ndarray], jax.Array]:
 
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer stored in a local checkpoint directory (no network, no remote code)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import: only when a tokenizer loads
 
     return AutoTokenizer.from_pretrained(str(_local_dir(path)), local_files_only=True)
 

@@ -16,6 +16,7 @@ def cli(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxreason.probe", description=__doc__)
     parser.add_argument("--config", required=True)
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    # imported here so that `--help` answers at once and the study registry loads on demand
     from jaxreason.config_io import ConfigError
     from jaxreason.studies.base import load_study
 

@@ -20,6 +20,7 @@ from jaxreason import atomic
 from jaxreason.config_io import ConfigError, load_config, load_yaml
 from jaxreason.registry import STUDIES
 from jaxreason.train.config import TrainConfig
+from jaxreason.train.loop import load_trained, main
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +69,6 @@ def train_or_load(config: TrainedStudyConfig):
     :func:`jaxreason.train.loop.main` (``resume=auto``, so a finished run is not trained again; a
     checkpoint is saved at least at the end), or with ``skip_training`` the trained run
     loaded as it is. ``train_metrics`` are the numeric final metrics ({} when skipped)."""
-    from jaxreason.train.loop import load_trained, main
-
     ckpt = config.train.checkpoint
     train_cfg = dataclasses.replace(config.train, checkpoint=dataclasses.replace(
         ckpt, resume="auto", save_every=ckpt.save_every or config.train.trainer.steps))

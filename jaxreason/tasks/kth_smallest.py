@@ -200,7 +200,7 @@ def tokenizer_vocab(tokenizer, size: int = DEFAULT_TOKENIZER_NUMBERS,
 
 @functools.lru_cache(maxsize=4)
 def _hf_vocab(path: str, size: int) -> tuple[NumberVocab, object]:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import; only the GPT-2 path needs it
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return tokenizer_vocab(tokenizer, size, source=str(path)), tokenizer

@@ -25,8 +25,11 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxreason.models import load_pretrained, load_tokenizer
+from jaxreason.models.generate import generate, prefill_prefix
 from jaxreason.tasks.word_problem_variants import PROMPT_TYPES, few_shot_prompt, test_prompt
 from jaxreason.tasks.word_problems import STEP_COUNTS, WordProblem, make_splits
+from jaxreason.tasks.world_tokenizer import stop_token_id
 
 ANSWER_RE = re.compile(r"The answer is (\d+)\.")
 
@@ -52,9 +55,6 @@ def evaluate_prompt_type(model, params, tokenizer, problems: Sequence[WordProble
                          demo_seed: int = 0, batch_size: int = 100,
                          max_new_tokens: int = 120) -> dict:
     """Accuracy overall and by step count, with every continuation."""
-    from jaxreason.models.generate import generate, prefill_prefix
-    from jaxreason.tasks.world_tokenizer import stop_token_id
-
     demos = few_shot_prompt(prompt_type, n_shots, seed=demo_seed)
     prefix_ids = [tokenizer.bos_token_id] + tokenizer.encode(demos, add_special_tokens=False)
     prefix = prefill_prefix(model, params, prefix_ids)
@@ -123,7 +123,6 @@ def cli(argv=None) -> int:
     splits = make_splits()
     if args.split not in splits:
         ap.error(f"--split {args.split!r}: allowed {list(splits)}")
-    from jaxreason.models import load_pretrained, load_tokenizer
 
     model, params = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)

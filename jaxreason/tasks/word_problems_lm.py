@@ -30,6 +30,7 @@ import numpy as np
 from jaxreason.data import TokenDataset
 from jaxreason.registry import TASKS
 from jaxreason.tasks.word_problems import STEP_COUNTS, held_out_questions, sample_problem
+from jaxreason.tasks.world_tokenizer import build_world_tokenizer, save_world_tokenizer
 
 
 def draw_problems(n: int, seed: int, exclude: set, step_counts: Sequence[int] = STEP_COUNTS,
@@ -82,8 +83,6 @@ def word_problems_task(seed: int, rows: int = 8000, seq_len: int = 768, data_see
     """Packed chain-of-thought rows for training (the rows depend on ``data_seed`` only, so
     every run trains on the same data; ``seed`` is unused). ``tokenizer_dir``: also save the
     world's tokenizer there (for ``checkpoint.export_tokenizer``)."""
-    from jaxreason.tasks.world_tokenizer import build_world_tokenizer, save_world_tokenizer
-
     del seed
     bad = [n for n in step_counts if n not in STEP_COUNTS]
     if bad:

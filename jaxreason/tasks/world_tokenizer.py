@@ -40,7 +40,7 @@ STOP_TEXT = "\n\n"  # the token that ends a solution
 
 
 def _pre_tokenizer():
-    from tokenizers import Regex, pre_tokenizers as pt
+    from tokenizers import Regex, pre_tokenizers as pt  # only when a tokenizer is built
 
     return pt.Sequence([pt.Split(Regex(r"\n\n"), "isolated"),
                         pt.ByteLevel(add_prefix_space=False, use_regex=True),
@@ -81,8 +81,8 @@ def world_vocab() -> dict[str, int]:
 
 def build_world_tokenizer():
     """A ``transformers.PreTrainedTokenizerFast`` over :func:`world_vocab`."""
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, processors  # only when building
+    from transformers import PreTrainedTokenizerFast  # seconds to import: only when building
 
     vocab = world_vocab()
     core = Tokenizer(models.WordLevel(dict(vocab), unk_token=UNK))
@@ -99,7 +99,7 @@ def build_world_tokenizer():
 def save_world_tokenizer(directory: str | os.PathLike):
     """Write the tokenizer to ``directory`` atomically (a complete directory or the old one)
     and return it as loaded back from there."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import: only when saving
 
     target = Path(directory).expanduser()
     with atomic.building_dir(target) as tmp:

@@ -30,7 +30,7 @@ def parse(argv):
 
 
 def init_distributed(args) -> None:
-    import jax
+    import jax  # jax.distributed must start before any other JAX work of this process
 
     if args.coordinator:
         if args.num_processes is None or args.process_id is None:
@@ -42,6 +42,8 @@ def init_distributed(args) -> None:
 
 def cli(argv=None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    # the package is imported after parsing (so --help answers at once) and the training
+    # loop after jax.distributed.initialize, which must come before any other JAX work
     from jaxreason.config_io import ConfigError
     from jaxreason.train.config import load_train_config
 

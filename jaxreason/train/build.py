@@ -14,6 +14,8 @@ from jaxreason.models import from_config, load_pretrained
 from jaxreason.models.families import FAMILIES, family_of, presets
 from jaxreason.models.lm import CausalLM
 from jaxreason.train.config import DataSection, ModelSection, PeftSection
+from jaxreason.train.lora import add_lora, lora_logical_axes, lora_paths
+from jaxreason.train.vocab import add_tokens
 
 
 def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
@@ -57,9 +59,6 @@ def apply_peft(model: CausalLM, params: dict, peft: PeftSection, seed: int):
 
     Returns ``(model, params, old_vocab)``; ``old_vocab`` is None unless tokens were added.
     """
-    from jaxreason.train.lora import add_lora
-    from jaxreason.train.vocab import add_tokens
-
     old_vocab = None
     if peft.new_tokens:
         old_vocab = model.config.vocab_size
@@ -73,8 +72,6 @@ def apply_peft(model: CausalLM, params: dict, peft: PeftSection, seed: int):
 
 def logical_axes(model: CausalLM, params: dict) -> dict:
     """Logical axis specs for ``params``, including LoRA leaves when present."""
-    from jaxreason.train.lora import lora_logical_axes, lora_paths
-
     axes = model.logical_axes()
     return lora_logical_axes(axes, params) if lora_paths(params) else axes
 

@@ -27,7 +27,9 @@ import jax
 
 from jaxreason import sharding as sh
 from jaxreason.config_io import ConfigError
+from jaxreason.models import save_pretrained
 from jaxreason.models.export_dir import check_target
+from jaxreason.train.lora import lora_paths, merge_lora
 
 
 @dataclasses.dataclass
@@ -148,11 +150,8 @@ def check_export_target(path) -> None:
 def export_hf(model, params, path, tokenizer_dir=None) -> Path:
     """Merge LoRA adapters (if any) and write a HuggingFace directory; a local tokenizer
     directory ``tokenizer_dir`` is saved into it, so model and tokenizer load from one place."""
-    from jaxreason.models import save_pretrained
-    from jaxreason.train.lora import lora_paths, merge_lora
-
     if jax.process_count() > 1:  # params may span other hosts' devices (FSDP/tensor)
-        from jax.experimental import multihost_utils
+        from jax.experimental import multihost_utils  # multi-host runs only
         params = multihost_utils.process_allgather(params, tiled=True)
     params = jax.device_get(params)
     if lora_paths(params):
@@ -161,7 +160,7 @@ def export_hf(model, params, path, tokenizer_dir=None) -> Path:
         return Path(path)
     tokenizer = None
     if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # seconds to import: only with a tokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     return save_pretrained(model, params, path, tokenizer=tokenizer)

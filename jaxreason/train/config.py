@@ -14,6 +14,7 @@ from typing import Literal
 
 from jaxreason.config_io import ConfigError, load_config
 from jaxreason.sharding import MeshConfig
+from jaxreason.train import objectives
 
 
 def _check_number(where: str, value: float, *, low: float, high: float = math.inf,
@@ -162,8 +163,6 @@ class TrainerSection:
                               "that many steps; the first and last step are always logged)")
         if not self.run_dir:
             raise ConfigError("trainer.run_dir must name a directory")
-        from jaxreason.train import objectives
-
         try:
             objectives.get(self.objective)
         except ValueError as e:
@@ -178,10 +177,8 @@ class TrainerSection:
 
     def options(self) -> dict:
         """The keyword arguments the loop passes to the objective."""
-        from jaxreason.train.objectives import get, option_names
-
         options = dict(self.objective_options)
-        names, _, open_ended = option_names(get(self.objective))
+        names, _, open_ended = objectives.option_names(objectives.get(self.objective))
         if self.classify_tokens and ("classify_tokens" in names or open_ended):
             options["classify_tokens"] = self.classify_tokens
         return options

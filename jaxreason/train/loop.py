@@ -34,11 +34,15 @@ from jaxreason import sharding as sh
 from jaxreason.config_io import to_dict
 from jaxreason.train import objectives, preflight
 from jaxreason.train import run_dir as rd
+from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
 from jaxreason.train.callbacks import (Callback, StepInfo, check_export_target, epochs_done,
                                        evaluation, hf_export, run_due)
-from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
+from jaxreason.train.checkpoint import Checkpointer
 from jaxreason.train.config import TrainConfig
+from jaxreason.train.masks import trainable_optimizer
 from jaxreason.train.optim import build_optimizer
+from jaxreason.train.plots import plot_curves
+from jaxreason.train.resume import resume_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,7 +59,6 @@ class TrainState:
 
 def make_train_step(model, tx, objective, options: dict, accumulate: int, use_dropout: bool):
     """One optimizer step, with gradient accumulation over ``accumulate`` micro-batches."""
-
     def loss_fn(params, batch, rng):
         return objective(model, params, batch, rng if use_dropout else None, **options)
 
@@ -117,8 +120,6 @@ def _scalars(metrics: dict) -> dict:
 
 def initial_state(config: TrainConfig):
     """Model, step-0 ``TrainState`` (placed on the mesh), optimizer, lr schedule and mesh."""
-    from jaxreason.train.masks import trainable_optimizer
-
     seed = config.trainer.seed
     mesh = sh.make_mesh(config.mesh) if jax.device_count() > 1 else None
     model, params = build_model(config.model, seed)
@@ -142,8 +143,6 @@ def initial_state(config: TrainConfig):
 def load_trained(config: TrainConfig, best: bool = True):
     """The trained ``(model, params)`` of a finished run: the best checkpoint by
     ``checkpoint.best_metric`` when there is one (and ``best``), else the latest."""
-    from jaxreason.train.checkpoint import Checkpointer
-
     model, state, *_ = initial_state(config)
     ck = config.checkpoint
     directory = Path(config.trainer.run_dir).expanduser().resolve() / "checkpoints"
@@ -173,9 +172,6 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     """Run one training job; returns the final metrics (and writes them to the run dir).
 
     ``callbacks`` run after the built-in evaluation (and before the HF export) when due."""
-    from jaxreason.train.checkpoint import Checkpointer
-    from jaxreason.train.resume import resume_state
-
     run_dir = Path(config.trainer.run_dir).expanduser().resolve()
     writer = jax.process_index() == 0
     ck = config.checkpoint
@@ -230,7 +226,7 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
             why = "trainer.overwrite" if config.trainer.overwrite else "checkpoint.resume=auto"
             _say(f"{why}: deleted the earlier run's files in {run_dir}: {', '.join(gone)}")
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+            from jax.experimental import multihost_utils  # multi-host runs only
             multihost_utils.sync_global_devices("jaxreason.train overwrite")
     if checkpointer is None:
         checkpointer = open_checkpointer()
@@ -313,8 +309,6 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     if writer:
         atomic.write_json(final_path, result)
         if config.trainer.plot and (run_dir / "metrics.jsonl").exists():
-            from jaxreason.train.plots import plot_curves
-
             plot_curves(MetricsLog.read(run_dir / "metrics.jsonl"), run_dir / "curves.png")
     checkpointer.close()
     return result

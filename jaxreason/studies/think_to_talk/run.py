@@ -27,6 +27,7 @@ its primary numbers.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -34,25 +35,26 @@ import jax
 import numpy as np
 
 from jaxreason import atomic
+from jaxreason.config_io import ConfigError
+from jaxreason.models import load_pretrained, load_tokenizer
+from jaxreason.models.generate import prefill_prefix
 from jaxreason.probe.activation_store import ActivationWriter, open_store
 from jaxreason.probe.linear import chance_accuracy
-from jaxreason.config_io import ConfigError
+from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
 from jaxreason.studies.base import check_model_dir, prepare_run_dir, train_or_load
 from jaxreason.studies.think_to_talk import patching, probing
 from jaxreason.studies.think_to_talk.config import ThinkToTalkConfig
 from jaxreason.studies.think_to_talk.decode import decode_problems, hidden_indices
+from jaxreason.studies.think_to_talk.report import patch_figures, task_figures, write_report
 from jaxreason.tasks import formulas as fm
+from jaxreason.tasks.formula_tokens import FormulaTokenizer, HFCodec
 
 
 # ----------------------------------------------------------------------------- model
 
 def load_codec(config: ThinkToTalkConfig):
     """The study's tokenizer: the local checkpoint's, or the embedded formula tokenizer."""
-    from jaxreason.tasks.formula_tokens import FormulaTokenizer, HFCodec
-
     if config.model_path:
-        from jaxreason.models import load_tokenizer
-
         return HFCodec(load_tokenizer(config.model_path))
     return FormulaTokenizer()
 
@@ -70,8 +72,6 @@ def load_model(config: ThinkToTalkConfig, codec=None):
     skipped) or a local HF checkpoint."""
     codec = codec or load_codec(config)
     if config.model_path:
-        from jaxreason.models import load_pretrained
-
         model, params = load_pretrained(config.model_path, dtype=config.dtype)
         return model, params, codec, {}
     vocab = config.train.model.overrides.get("vocab_size")
@@ -86,7 +86,6 @@ def _mesh(config: ThinkToTalkConfig, model, params):
     """A data-parallel mesh over every device (None on one device)."""
     if not config.data_parallel or jax.device_count() == 1:
         return None, params
-    from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
 
     mesh = make_mesh(MeshConfig(data=-1))
     if config.batch_size % mesh.shape["data"]:
@@ -125,9 +124,6 @@ def _open_writer(directory: Path, indices, width: int, dtype: str, meta: dict):
 
 def run(config: ThinkToTalkConfig) -> dict:
     """Decode, export, probe, patch, plot and report. Returns the metrics."""
-    from jaxreason.models.generate import prefill_prefix
-    from jaxreason.studies.think_to_talk.report import patch_figures, task_figures, write_report
-
     t0 = time.perf_counter()
     if config.model_path:
         check_model_dir(config.model_path)
@@ -202,8 +198,6 @@ def run(config: ThinkToTalkConfig) -> dict:
 def weights_fingerprint(params) -> str:
     """A short digest of the weights, stored with every export: resuming an export written by
     other weights (a retrained embedded model in the same run_dir) is refused, not mixed."""
-    import hashlib
-
     leaves = jax.tree_util.tree_leaves(params)
     sums = [float(jax.numpy.sum(jax.numpy.abs(x.astype(jax.numpy.float32)))) for x in leaves]
     text = ",".join(f"{v:.6g}" for v in sums)  # 6 digits: stable across reduction orders

@@ -81,7 +81,7 @@ def dataset_rows(path: Path, split: str | None, what: str) -> Iterator[tuple[int
     if not is_saved_dataset(path):
         raise ReaderError(f"{path} is a folder but not one written by datasets' save_to_disk (it has "
                           f"no state.json or dataset_dict.json); pass the {what} file itself")
-    import datasets
+    import datasets  # seconds to import; only datasets folders need it
 
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
