@@ -70,7 +70,7 @@ from flax import struct
 
 # the reduction specs are part of the capture vocabulary: importable from here too
 from jaxreason.reductions import Mean, Norm, Reduction, TopK, as_arrays  # noqa: F401
-from jaxreason.runtime_checks import check_range, is_concrete  # noqa: F401  (re-exported)
+from jaxreason.runtime_checks import check_range
 
 # Every hook template, in forward order. Each model family has all of them or a subset
 # (``jaxreason.models.family.Family.hook_templates``); ``{i}`` is the block index.

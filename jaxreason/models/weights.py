@@ -39,10 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreason.hooks import is_concrete
 from jaxreason.models.config import dtype_of
 from jaxreason.models.families import family_of
 from jaxreason.models.layers import matmul
+from jaxreason.runtime_checks import is_concrete
 from jaxreason.tree_utils import copy_tree, get_path, unwrap_params
 
 # Neurons to act on: {layer: indices} or an iterable of (layer, neuron) pairs.
