@@ -4,6 +4,11 @@
 of sharded or data-parallel code run a worker script in a fresh Python with ``count`` fake
 CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``). The worker prints one
 JSON line last; the fixture returns it parsed, or fails with the worker's stderr.
+
+``tiny_world_model``: the HF directory (weights plus the world's tokenizer) of a one-layer
+world base model trained for a few steps from ``configs/world_base.yaml``, once per test
+session (per xdist worker). Study tests that only need a model of the world's shape and
+tokenizer share it instead of training their own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,32 @@ def run_on_fake_devices(worker, count: int, *args: str, timeout: int = 600):
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+TINY_WORLD_OVERRIDES = ("trainer.steps=4", "schedule.warmup_steps=1", "trainer.eval_every=0",
+                        "checkpoint.save_every=4", "data.task_args.rows=40",
+                        "model.overrides.hidden_size=32", "model.overrides.intermediate_size=64",
+                        "model.overrides.num_layers=1", "model.overrides.num_heads=2",
+                        "model.overrides.kv_heads=2")
+
+
+def tiny_world_overrides(directory) -> list[str]:
+    """Dotted overrides that turn ``configs/world_base.yaml`` into a seconds-long training run
+    writing under ``directory``."""
+    directory = Path(directory)
+    return ["--" + o for o in (f"trainer.run_dir={directory / 'run'}",
+                               f"data.task_args.tokenizer_dir={directory / 'tok'}",
+                               f"checkpoint.export_tokenizer={directory / 'tok'}",
+                               *TINY_WORLD_OVERRIDES)]
+
+
+@pytest.fixture(scope="session")
+def tiny_world_model(tmp_path_factory):
+    from jaxreason.studies.world_model import world_base_model
+
+    root = Path(__file__).resolve().parents[1]
+    directory = tmp_path_factory.mktemp("tiny_world")
+    return world_base_model(str(root / "configs/world_base.yaml"), tiny_world_overrides(directory))
 
 
 @pytest.fixture(scope="session")
