@@ -227,9 +227,9 @@ def kth_smallest_lists(seed: int = ORIGINAL_SEED, k: int = 1, rows: int = 100_00
 
     Returns a dict with ``train``, ``validation``, ``test`` (int64 (n, length) number
     values, split by order 98/1/1 as the original), ``vocab`` (:class:`NumberVocab`),
-    ``numbers`` (the number set), ``k``, ``length``, ``vocab_size`` and ``rng_state``: the
-    state of the Python generator right after the lists were drawn (for
-    :func:`faithful_probe_sample`). ``numbers`` defaults to 64 (embedded) or 512 (tokenizer).
+    ``numbers`` (the number set), ``k``, ``length``, ``vocab_size``, ``data_seed`` (``seed``)
+    and ``rng_state``: the state of the Python generator right after the lists were drawn
+    (for :func:`faithful_probe_sample`). ``numbers`` defaults to 64 (embedded) or 512 (tokenizer).
     Pass ``tokenizer`` (an object) or ``tokenizer_path`` (a local HF directory) for the
     tokenizer vocabulary.
     """
@@ -248,7 +248,7 @@ def kth_smallest_lists(seed: int = ORIGINAL_SEED, k: int = 1, rows: int = 100_00
     if tokenizer is not None:
         _check_tokenization(tokenizer, vocab, out["train"])
     out.update(vocab=vocab, numbers=list(vocab.numbers), k=k, length=length,
-               vocab_size=vocab.vocab_size, rng_state=rng.getstate())
+               vocab_size=vocab.vocab_size, data_seed=seed, rng_state=rng.getstate())
     return out
 
 
@@ -325,6 +325,37 @@ def useful_and_answer_labels(values: Sequence[int], k: int) -> tuple[np.ndarray,
             r -= 1
         p1[rank.index(r)] = 1
     return p1, values.index(ordered[k])
+
+
+def move_two_smallest(values: Sequence[int], leaf: int, root: int, faithful: bool) -> np.ndarray:
+    """One list with its smallest number moved to slot ``leaf`` and its 2nd smallest to slot
+    ``root`` (0-based), for the original's case study on duplicate-free lists.
+
+    ``faithful`` reproduces the original's edit: remember the numbers at the two slots, write
+    the leaf slot's number where the smallest was, then the root slot's number where the 2nd
+    smallest is *now* (found after that first write), then the two smallest into the slots.
+    That is not always a permutation: when the 2nd smallest starts in the leaf slot and the
+    smallest after it (but not in the root slot), or the smallest starts in the root slot and
+    the 2nd smallest outside the leaf slot, a number is written twice and another is lost.
+    Otherwise (``faithful=False``) two true swaps: the smallest with the leaf slot, then the
+    2nd smallest, wherever it is after that, with the root slot. Meant for duplicate-free
+    lists (the case study uses only those).
+    """
+    row = [int(v) for v in values]
+    if not (0 <= leaf < len(row) and 0 <= root < len(row)) or leaf == root:
+        raise ValueError(f"slots leaf={leaf}, root={root} must be two different indices "
+                         f"in 0..{len(row) - 1}")
+    smallest, second = sorted(row)[:2]
+    if faithful:
+        at_leaf, at_root = row[leaf], row[root]
+        row[row.index(smallest)] = at_leaf
+        row[row.index(second)] = at_root
+        row[leaf], row[root] = smallest, second
+    else:
+        for value, slot in ((smallest, leaf), (second, root)):
+            src = row.index(value)
+            row[src], row[slot] = row[slot], row[src]
+    return np.asarray(row, np.int64)
 
 
 def useful_and_answer_labels_batch(lists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ from jaxreason.studies.base import (StudyConfig, TrainedStudyConfig, check_compu
                                     check_sizes)
 
 
+FIXED_RANDOM_MASK_DRAWS = 3  # one random draw is noisy: a single key head can decide it
+
+
 @dataclasses.dataclass(frozen=True)
 class MechProbeConfig(TrainedStudyConfig):
     """The k-th smallest study; ``train`` is a full training config (or ``skip_training``
@@ -23,7 +26,9 @@ class MechProbeConfig(TrainedStudyConfig):
     eval_examples: int = 2000
     batch_size: int = 256
     masking_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    random_mask_draws: int = 3
+    # random head masks drawn per masking level; None: the mode's default, 1 in faithful (the
+    # original draws once) and FIXED_RANDOM_MASK_DRAWS in fixed (their mean accuracy)
+    random_mask_draws: int | None = None
     random_seed: int = 1234
     seed: int = 42
 
@@ -34,6 +39,13 @@ class MechProbeConfig(TrainedStudyConfig):
         if bad:
             raise ConfigError(f"masking_fractions={list(self.masking_fractions)}: {bad} lie "
                               f"outside [0, 1] (each is the fraction of heads masked)")
+
+    @property
+    def mask_draws(self) -> int:
+        """Random head masks per masking level: ``random_mask_draws`` or the mode's default."""
+        if self.random_mask_draws is not None:
+            return self.random_mask_draws
+        return 1 if self.mode == "faithful" else FIXED_RANDOM_MASK_DRAWS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,16 @@ Modes (every number in the report names the one that produced it):
 
 * ``faithful``: the original's quirks: the kNN split at row N/2 (an example count used as a
   row index), the P2 label with a constant column, the random baseline with dropout active
-  (train mode), masking p+1 heads, duplicate positions repeated in the size-rank view, the
-  original's probe sample drawn with Python's ``random`` after data generation.
+  (train mode), masking p+1 heads, one random head mask per masking level, duplicate
+  positions repeated in the size-rank view, the original's probe sample drawn with Python's
+  ``random`` after data generation, and the case study's edit that moves the two smallest
+  numbers into place without always being a permutation.
 * ``fixed``: examples split by example, a single binary P2 label, a dropout-free baseline,
-  exactly p heads masked, duplicates given distinct ranks.
+  exactly p heads masked, random masking averaged over several draws, duplicates given
+  distinct ranks, the case study's numbers moved by true swaps.
+
+In both modes the random baseline is initialised as HuggingFace initialises a fresh GPT-2
+(:mod:`.random_twin`), and the lists come from the training data's own ``data_seed``.
 """
 
 from __future__ import annotations
@@ -28,21 +34,23 @@ from tqdm.auto import tqdm
 
 from jaxreason import atomic
 from jaxreason.hooks import head_mask_interventions
-from jaxreason.models import from_config
 from jaxreason.probe import entropy as ent
 from jaxreason.probe import knn, plots
 from jaxreason.probe.features import HF_TRAIN_DROPOUT_SITES, gpt2_probe_features, last_query_attention
 from jaxreason.studies.base import prepare_run_dir, train_or_load
 from jaxreason.studies.mechprobe.config import MechProbeConfig
+from jaxreason.studies.mechprobe.random_twin import random_twin
 from jaxreason.studies.mechprobe.report import write_kth_report
 from jaxreason.tasks import kth_smallest as kth
 
 
-def _task_args(config: MechProbeConfig) -> dict:
+def study_lists(config: MechProbeConfig) -> dict:
+    """Every split's number lists, rebuilt from the training task's arguments (the task's
+    ``data_seed`` included, so the probe's test split is the one training never saw)."""
     args = dict(config.train.data.task_args)
-    args.pop("split", None)
-    args.pop("data_seed", None)
-    return args
+    args.pop("split", None)  # the study needs every split, not the trained one
+    seed = args.pop("data_seed", kth.ORIGINAL_SEED)
+    return kth.kth_smallest_lists(seed=seed, **args)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -97,9 +105,9 @@ def masking_curves(model, params, tokens, labels, h_pos, h_size, config, faithfu
     shape = h_pos.shape
     curves = {"random": [base], "low position entropy": [base], "low size entropy": [base]}
     for frac in tqdm(config.masking_fractions, desc="head masking", leave=False):
-        # one random draw is noisy (a single key head decides it): average several
+        # the random policy's accuracy: the mean over `mask_draws` masks (the original: one)
         draws = [ent.heads_to_mask(np.zeros(shape), frac, policy="random", rng=rng,
-                                   faithful=faithful) for _ in range(config.random_mask_draws)]
+                                   faithful=faithful) for _ in range(config.mask_draws)]
         curves["random"].append(float(np.mean([
             accuracy(model, params, tokens, labels, config.batch_size,
                      head_mask_interventions(m, every_layer=True)) for m in draws])))
@@ -119,10 +127,8 @@ def run(config: MechProbeConfig) -> dict:
     out_dir = prepare_run_dir(config)
     model, params, train_metrics = train_or_load(config)
 
-    args = _task_args(config)
-    k = args.get("k", 1)
-    lists = kth.kth_smallest_lists(k=k, **{a: v for a, v in args.items() if a != "k"})
-    vocab = lists["vocab"]
+    lists = study_lists(config)
+    k, vocab = lists["k"], lists["vocab"]
     test = lists["test"][:config.eval_examples]
     test_tokens, test_labels = vocab.encode(test), vocab.label(kth.answers(test, k))
     if faithful and len(lists["test"]) >= config.probe_examples:
@@ -132,7 +138,7 @@ def run(config: MechProbeConfig) -> dict:
         probe_lists = lists["test"][np.sort(pick[:config.probe_examples])]
     p1, answer = kth.useful_and_answer_labels_batch(probe_lists, k)
 
-    random_model, random_params = from_config(model.config, seed=config.random_seed)
+    random_model, random_params = random_twin(model.config, seed=config.random_seed)
     dropout = 0.1 if faithful else 0.0
     probe_tokens = vocab.encode(probe_lists)
     attn_trained = last_query_attention(model, params, probe_tokens, config.batch_size)
@@ -140,6 +146,8 @@ def run(config: MechProbeConfig) -> dict:
                                        config.batch_size, dropout_rate=dropout,
                                        dropout_sites=HF_TRAIN_DROPOUT_SITES if faithful else ("attn",))
     metrics = {"mode": config.mode, "k": k, "vocab": vocab.source,
+               "data_seed": lists["data_seed"],
+               "random_mask_draws": config.mask_draws,
                "test_accuracy": accuracy(model, params, test_tokens, test_labels, config.batch_size),
                "random_test_accuracy": accuracy(random_model, random_params, test_tokens,
                                                 test_labels, config.batch_size),
@@ -162,8 +170,9 @@ def run(config: MechProbeConfig) -> dict:
     attn_random_test = last_query_attention(random_model, random_params, test_tokens,
                                             config.batch_size)
     rnd_pos, rnd_rank = ent.attention_by_rank(attn_random_test, test, dedupe=not faithful)
-    case = case_study(model, params, test, vocab, mask40, config.batch_size)
+    case = case_study(model, params, test, vocab, mask40, config.batch_size, faithful)
     metrics["case_study_swapped_examples"] = case["examples"]
+    metrics["case_study_slots"] = [LEAF_SLOT, ROOT_SLOT]  # 0-based
     figures = _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics,
                        case, config.masking_fractions)
     metrics["attention_by_rank_layer"] = by_rank.mean(1).T.tolist()  # (S ranks, L)
@@ -175,25 +184,25 @@ def run(config: MechProbeConfig) -> dict:
     return metrics
 
 
-LEAF_SLOT, ROOT_SLOT = 8, 12  # 0-based slots the original moved the two smallest to
+# 0-based slots the original moves the two smallest to (its positions 8 and 12, 1-based)
+LEAF_SLOT, ROOT_SLOT = 7, 11
 
 
-def case_study(model, params, lists, vocab, mask, batch_size: int) -> dict:
+def case_study(model, params, lists, vocab, mask, batch_size: int, faithful: bool) -> dict:
     """The original's case study: with the 40% lowest-H_pos heads masked, the head-averaged
     attention of the last token over the heads left (per layer), on all lists and on
-    duplicate-free lists with the smallest number moved to slot 8 ("leaf") and the 2nd
-    smallest to slot 12 ("root")."""
+    duplicate-free lists with the smallest number moved to position 8 ("leaf") and the 2nd
+    smallest to position 12 ("root"), 1-based (:func:`kth.move_two_smallest`; ``faithful``
+    keeps the original's edit, which is not always a permutation)."""
     def mean_over_kept(attn):  # (N, L, H, S) -> (L, S)
         kept = mask[None, :, :, None]
         return ((attn * kept).sum(2) / np.maximum(kept.sum(2), 1)).mean(0)
 
     every = last_query_attention(model, params, vocab.encode(lists), batch_size, head_mask=mask)
-    distinct = np.asarray([r for r in lists if len(set(r.tolist())) == len(r)])
-    swapped = distinct.copy()
-    for row in swapped:
-        for rank, slot in ((0, LEAF_SLOT), (1, ROOT_SLOT)):
-            src = int(np.argsort(row, kind="stable")[rank])
-            row[src], row[slot] = row[slot], row[src]
+    # lists too short to hold the root slot get no leaf/root view
+    distinct = [r for r in lists if len(set(r.tolist())) == len(r) > ROOT_SLOT]
+    swapped = np.asarray([kth.move_two_smallest(r, LEAF_SLOT, ROOT_SLOT, faithful)
+                          for r in distinct], np.int64).reshape(-1, np.shape(lists)[1])
     flow = last_query_attention(model, params, vocab.encode(swapped), batch_size,
                                 head_mask=mask) if len(swapped) else None
     return {"all": mean_over_kept(every),
@@ -232,7 +241,8 @@ def _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics
         labels = list(positions)
         labels[LEAF_SLOT], labels[ROOT_SLOT] = f"{LEAF_SLOT + 1} leaf", f"{ROOT_SLOT + 1} root"
         figs.append(plots.plot_attention_grid(case["swapped"].T, labels,
-                                              "smallest at 9 (leaf), 2nd smallest at 13 (root)",
+                                              f"smallest at {LEAF_SLOT + 1} (leaf), 2nd "
+                                              f"smallest at {ROOT_SLOT + 1} (root)",
                                               out_dir / "case_study_leaf_root.png",
                                               ylabel="position"))
     return figs

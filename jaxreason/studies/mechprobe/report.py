@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxreason import atomic
+
 # The original's finetuned GPT-2 (min01), head-averaged last-token attention by size rank per
 # layer (decoded from the result PDFs committed in the original repository, +-0.01).
 ORIGINAL_RANK_ATTENTION = {
@@ -20,6 +22,10 @@ ORIGINAL_RANK_ATTENTION = {
 
 def _fmt(v) -> str:
     return "nan" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def _draws(count: int) -> str:
+    return "one draw, as in the original" if count == 1 else f"the mean of {count} draws"
 
 
 def write_kth_report(path: Path, m: dict, config) -> Path:
@@ -71,7 +77,7 @@ def write_kth_report(path: Path, m: dict, config) -> Path:
     masking = m["masking"]
     lines += ["## Causal analysis", "",
               "Accuracy after masking a fraction of heads (HF head_mask semantics; the random "
-              f"policy is the mean of {config.random_mask_draws} draws):", "",
+              f"policy is {_draws(m['random_mask_draws'])}):", "",
               "| policy | " + " | ".join(["0%"] + [f"{int(f * 100)}%" for f in config.masking_fractions]) + " |",
               "|---|" + "---|" * (len(config.masking_fractions) + 1)]
     for name, accs in masking.items():
@@ -90,12 +96,20 @@ def write_kth_report(path: Path, m: dict, config) -> Path:
     if mode == "faithful":
         lines += ["", "Faithful-mode quirks in these numbers: kNN rows split at N/2 rows (not "
                   "examples), P2 labels with a constant column ((1+F1)/2), random baseline with "
-                  "dropout active, p+1 heads masked, duplicate ranks repeated."]
+                  "dropout active, p+1 heads masked, one random mask per level, duplicate ranks "
+                  "repeated, the case study's edit that can write a number twice."]
     else:
         lines += ["", "Fixed mode: kNN split by example, binary P2 label, dropout-free baseline, "
-                  "exactly p heads masked, duplicates get distinct ranks."]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+                  "exactly p heads masked, random masking averaged over draws, duplicates get "
+                  "distinct ranks, the case study's numbers moved by true swaps."]
+    lines += ["", "Both modes: the random baseline is initialised as HuggingFace initialises "
+              "a fresh model (N(0, 0.02) for every kernel and embedding, and for GPT-2 "
+              "N(0, 0.02/sqrt(2L)) for the c_proj projections); the lists come from data_seed "
+              f"{m['data_seed']}; the case study moves the smallest number to position "
+              f"{m['case_study_slots'][0] + 1} (leaf) and the 2nd smallest to "
+              f"{m['case_study_slots'][1] + 1} (root), 1-based, in "
+              f"{m['case_study_swapped_examples']} duplicate-free lists."]
+    return atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------- Llama
@@ -136,5 +150,4 @@ def write_llama_report(path: Path, m: dict, config) -> Path:
     elif c:
         lines += ["", f"Corruption: {c.get('note')}"]
     lines += ["", f"Runtime {m['seconds']:.1f} s."]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic.write_text(path, "\n".join(lines) + "\n")
