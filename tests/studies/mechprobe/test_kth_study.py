@@ -64,6 +64,10 @@ def test_report_and_figures_are_written(runs):
         m = json.loads((run_dir / "metrics.json").read_text())
         report = (run_dir / "report.md").read_text()
         assert f"mode `{mode}`" in report and "S_P1" in report and "Original (12 layers)" in report
+        # the original's slots (positions 8 and 12, 1-based) and its one random masking draw
+        assert m["case_study_slots"] == [7, 11] and "position 8 (leaf)" in report
+        assert m["random_mask_draws"] == (1 if mode == "faithful" else 3)
+        assert m["data_seed"] == 42
         assert len(m["figures"]) == 10
         for name in m["figures"]:
             assert (run_dir / name).stat().st_size > 1000, name
