@@ -173,6 +173,9 @@ def run(config: MechProbeConfig) -> dict:
     case = case_study(model, params, test, vocab, mask40, config.batch_size, faithful)
     metrics["case_study_swapped_examples"] = case["examples"]
     metrics["case_study_slots"] = [LEAF_SLOT, ROOT_SLOT]  # 0-based
+    if case["swapped"] is not None:  # kept heads' attention to the two slots, per layer
+        metrics["case_study_leaf_attention"] = case["swapped"][:, LEAF_SLOT].tolist()
+        metrics["case_study_root_attention"] = case["swapped"][:, ROOT_SLOT].tolist()
     figures = _figures(out_dir, by_pos, by_rank, rnd_pos, rnd_rank, h_pos, h_size, metrics,
                        case, config.masking_fractions)
     metrics["attention_by_rank_layer"] = by_rank.mean(1).T.tolist()  # (S ranks, L)

@@ -28,6 +28,24 @@ def _draws(count: int) -> str:
     return "one draw, as in the original" if count == 1 else f"the mean of {count} draws"
 
 
+def _case_study_lines(m: dict) -> list[str]:
+    """The leaf/root case study: where it moved the two smallest numbers and how much the
+    heads left after masking attend to those positions, per layer."""
+    leaf_slot, root_slot = (s + 1 for s in m["case_study_slots"])  # 1-based, as the original
+    lines = [f"Case study (the 40% masked): in {m['case_study_swapped_examples']} "
+             f"duplicate-free lists the smallest number is moved to position {leaf_slot} "
+             f"(leaf) and the 2nd smallest to position {root_slot} (root), 1-based as in the "
+             "original.", ""]
+    if "case_study_leaf_attention" not in m:
+        return lines
+    leaf, root = m["case_study_leaf_attention"], m["case_study_root_attention"]
+    return lines + [
+        "| kept heads' attention to | " + " | ".join(f"L{i + 1}" for i in range(len(leaf))) + " |",
+        "|---|" + "---|" * len(leaf),
+        f"| position {leaf_slot} (leaf) | " + " | ".join(f"{v:.2f}" for v in leaf) + " |",
+        f"| position {root_slot} (root) | " + " | ".join(f"{v:.2f}" for v in root) + " |", ""]
+
+
 def write_kth_report(path: Path, m: dict, config) -> Path:
     mode = m["mode"]
     rank = np.asarray(m["attention_by_rank_layer"])  # (S, L)
@@ -90,8 +108,9 @@ def write_kth_report(path: Path, m: dict, config) -> Path:
               "this is unverified): "
               + ("that holds here." if pos_auc > size_auc else "that does not hold here."),
               f"Masking the 40% lowest-H_pos heads leaves accuracy "
-              f"{_fmt(m['case_study_40pct_accuracy'])}.", "",
-              "## Figures", ""]
+              f"{_fmt(m['case_study_40pct_accuracy'])}.", ""]
+    lines += _case_study_lines(m)
+    lines += ["## Figures", ""]
     lines += [f"- `{name}`" for name in m["figures"]]
     if mode == "faithful":
         lines += ["", "Faithful-mode quirks in these numbers: kNN rows split at N/2 rows (not "
@@ -105,10 +124,7 @@ def write_kth_report(path: Path, m: dict, config) -> Path:
     lines += ["", "Both modes: the random baseline is initialised as HuggingFace initialises "
               "a fresh model (N(0, 0.02) for every kernel and embedding, and for GPT-2 "
               "N(0, 0.02/sqrt(2L)) for the c_proj projections); the lists come from data_seed "
-              f"{m['data_seed']}; the case study moves the smallest number to position "
-              f"{m['case_study_slots'][0] + 1} (leaf) and the 2nd smallest to "
-              f"{m['case_study_slots'][1] + 1} (root), 1-based, in "
-              f"{m['case_study_swapped_examples']} duplicate-free lists."]
+              f"{m['data_seed']}."]
     return atomic.write_text(path, "\n".join(lines) + "\n")
 
 
