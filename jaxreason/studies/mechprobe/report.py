@@ -39,8 +39,9 @@ def _case_study_lines(m: dict) -> list[str]:
     if "case_study_leaf_attention" not in m:
         return lines
     leaf, root = m["case_study_leaf_attention"], m["case_study_root_attention"]
+    header = " | ".join(f"L{i + 1}" for i in range(len(leaf)))
     return lines + [
-        "| kept heads' attention to | " + " | ".join(f"L{i + 1}" for i in range(len(leaf))) + " |",
+        f"| kept heads' attention to | {header} |",
         "|---|" + "---|" * len(leaf),
         f"| position {leaf_slot} (leaf) | " + " | ".join(f"{v:.2f}" for v in leaf) + " |",
         f"| position {root_slot} (root) | " + " | ".join(f"{v:.2f}" for v in root) + " |", ""]
