@@ -50,6 +50,7 @@ class NeuronLensConfig(StudyConfig, WorldModelFields):
     neuron_steps: int = 149
     top_k: int = 20
     sample_seed: int = 42
+    sample_correct: bool = True  # the original's flag: sample the correctly answered only
     promoted_tokens: int = 20
     projection: Literal["raw", "final_norm"] = "raw"  # the original: raw (no final norm)
     save_original_json: bool = False

@@ -143,6 +143,7 @@ class DominantNeurons:
     indices: np.ndarray  # (N, L, T, k) int32, best first
     scores: np.ndarray  # (N, L, T, k) float32: |a_i| * ||W_down[:, i]||
     valid: np.ndarray  # (N, T) bool: positions that count in this mode
+    generated: np.ndarray  # (N, T - 1) the generated tokens
     texts: list[str]
 
 
@@ -171,7 +172,8 @@ def dominant_run(config, model, params, prompts: PromptSet, problems, sample: Se
                 # positions 0..end-1 predict the answer's tokens, the stop one included
                 valid[r, end:] = False
         return {"indices": idx.astype(np.int32), "scores": sc.astype(np.float32),
-                "valid": valid, "problem_index": np.asarray(
+                "valid": valid, "generated": batch.generated.astype(np.int32),
+                "problem_index": np.asarray(
                     sample[batch.start:batch.start + batch.rows], np.int64)}
 
     out = run_generation(model, params, records, prompts.encode, settings,
@@ -185,7 +187,7 @@ def dominant_run(config, model, params, prompts: PromptSet, problems, sample: Se
     store = open_arrays(out.store)
     return DominantNeurons(store.read("problem_index"), store.read("indices"),
                            store.read("scores"), store.read("valid").astype(bool),
-                           [r["text"] for r in out.results])
+                           store.read("generated"), [r["text"] for r in out.results])
 
 
 def _answer_end(generated: np.ndarray, tokenizer, stop_ids: set) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxreason import atomic
@@ -130,7 +129,3 @@ def overlap(neurons: list[Neuron], variant: dict[str, dict]) -> float:
               for n in neurons if n.name in variant]
     return float(np.mean(shares)) if shares else 0.0
 
-
-def direct_scores(activations, norms):
-    """|a| * ||W_down[:, i]|| computed directly (for checks): (..., F) * (F,)."""
-    return jnp.abs(jnp.asarray(activations, jnp.float32)) * jnp.asarray(norms, jnp.float32)

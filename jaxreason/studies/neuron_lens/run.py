@@ -19,12 +19,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import jax
-
 from jaxreason import atomic
 from jaxreason.llm import LLMClient
 from jaxreason.models import load_pretrained, load_tokenizer
-from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
+from jaxreason.sharding import data_parallel
 from jaxreason.studies.base import prepare_run_dir
 from jaxreason.studies.neuron_lens import ablation, concepts, neurons, report, variants
 from jaxreason.studies.neuron_lens.config import NeuronLensConfig
@@ -34,23 +32,13 @@ from jaxreason.studies.neuron_lens.decoding import (PromptSet, accuracy, dominan
 from jaxreason.studies.world_model import resolve_model_path
 
 
-def _mesh(config, model, params):
-    if not config.data_parallel or jax.device_count() == 1:
-        return None, params
-    mesh = make_mesh(MeshConfig(data=-1))
-    if config.batch_size % mesh.shape["data"]:
-        raise ValueError(f"batch_size={config.batch_size} must divide over the "
-                         f"{mesh.shape['data']} devices for data-parallel decoding")
-    return mesh, place(params, model_shardings(model, mesh))
-
-
 def _accuracies(results) -> dict:
     return {m: accuracy(results, m) for m in ("faithful", "fixed")}
 
 
 def _dominant(config, model, params, prompts, problems, results, out: Path, mesh):
     """Algorithm One on this prompt type's sample of correctly answered problems."""
-    correct = [r[f"correct_{config.mode}"] for r in results]
+    correct = [r[f"correct_{config.mode}"] or not config.sample_correct for r in results]
     sample = sample_correct(problems, correct, config.neuron_examples, config.sample_seed)
     if not sample:
         return None, sample
@@ -75,7 +63,7 @@ def run(config: NeuronLensConfig) -> dict:
     data = load_data(config)
     model, params = load_pretrained(model_dir, dtype=config.dtype)
     tok = load_tokenizer(model_dir)
-    mesh, params = _mesh(config, model, params)
+    mesh, params = data_parallel(model, params, config.batch_size, config.data_parallel)
     L, F = model.config.num_layers, model.config.intermediate_size
     prompt_sets = {t: PromptSet.build(tok, t, text, config.mode)
                    for t, text in data.prompts.items()}
