@@ -31,6 +31,7 @@ the same for every neuron, as the original redraws it with the same seed at ever
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Sequence
 
@@ -132,3 +133,14 @@ class CumulativeCorruption:
     def __call__(self, start: int, call: int):
         m = self.calls_before(start, call) + 1
         return W.add_to_value_vectors(self.model, self.params, self.hooked, m * self.eps)
+
+
+def paired_sign_test(first: Sequence[bool], second: Sequence[bool]) -> dict:
+    """Two ablations on the same problems: how many only the first / only the second gets
+    right, and the two-sided exact sign-test (McNemar) p-value of that split."""
+    only_first = sum(bool(a) and not b for a, b in zip(first, second))
+    only_second = sum(bool(b) and not a for a, b in zip(first, second))
+    n = only_first + only_second
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2 ** n
+    return {"only_first": only_first, "only_second": only_second,
+            "p": 1.0 if n == 0 else min(1.0, 2 * tail)}

@@ -150,12 +150,16 @@ def _accuracy_table(m: dict) -> list[str]:
 def _ablation_table(m: dict) -> list[str]:
     mode = m["mode"]
     lines = [f"| way | no ablation | concept neurons | random (original's 10) | random (same "
-             f"count) | original, published |", "|---|---|---|---|---|---|"]
+             f"count) | concept vs same count: only concept right / only random right, p | "
+             f"original, published |", "|---|---|---|---|---|---|---|"]
     for way, rows in m["ablation"].items():
         cells = [_pct(rows.get(k, {}).get(mode)) for k in ("none", "concept", "original",
                                                              "same_count")]
+        t = m.get("ablation_tests", {}).get(way, {}).get("concept_vs_same_count")
+        test = "-" if t is None else f"{t['only_first']} / {t['only_second']}, p = {t['p']:.2g}"
         published = ("16.83% / 4.54% / 11.37%" if way == "corrupt_faithful" else "-")
-        lines.append(f"| {WAY_NAMES.get(way, way)} | " + " | ".join(cells) + f" | {published} |")
+        lines.append(f"| {WAY_NAMES.get(way, way)} | " + " | ".join(cells)
+                     + f" | {test} | {published} |")
     return lines
 
 
@@ -233,8 +237,12 @@ def write_report(path: Path, m: dict) -> Path:
         f"N({m['noise']['mean']}, {m['noise']['std']}) from RandomState({m['noise']['seed']}). "
         f"Concept list: {sum(c['counts'].values())} entries; random controls: "
         f"{ {k: len(v) for k, v in m['targets'].items() if k != 'concept'} } neurons. "
-        f"The faithful way hooks {m['faithful_hooked']} (one per layer). The published "
-        f"column is clean / concept / random for Llama-2-7B on GSM8K.",
+        f"The faithful way hooks {m['faithful_hooked']} (one per layer). The noise vector's "
+        f"norm is {m['noise_norm']:.1f} against a mean value-vector norm of "
+        f"{m['mean_value_norm']:.2f}, so one corrupted neuron already writes far off the "
+        f"model's scale. The p-value is the two-sided exact sign test over the problems "
+        f"that only one of the two runs gets right. The published column is clean / concept / "
+        f"random for Llama-2-7B on GSM8K.",
         "",
         *_ablation_table(m),
         "",
@@ -266,9 +274,15 @@ def _ablation_sentence(m: dict) -> str:
         ctrl = rows.get("same_count") or rows.get("original")
         label = "same-count random" if "same_count" in rows else "random"
         cn, rn = rows["concept"][mode], ctrl[mode]
+        key = "concept_vs_same_count" if "same_count" in rows else "concept_vs_original"
+        p = m.get("ablation_tests", {}).get(way, {}).get(key, {}).get("p", 1.0)
+        if p < 0.05:
+            verdict = "hurts more" if cn < rn else "hurts less"
+        else:
+            verdict = (f"{'lower' if cn < rn else 'not lower'}, but within sampling noise "
+                       f"(p = {p:.2g})")
         parts.append(f"{WAY_NAMES.get(way, way)}: concept neurons {_pct(cn)} vs {label} "
-                     f"{_pct(rn)} (no ablation {_pct(rows['none'][mode])}): knocking out the "
-                     f"concept neurons {'hurts more' if cn < rn else 'does not hurt more'}")
+                     f"{_pct(rn)} (no ablation {_pct(rows['none'][mode])}): {verdict}")
     return ("Does knocking out the concept neurons hurt more than random neurons of the same "
             "count? " + "; ".join(parts) + f" ({mode} mode). The original: 4.54% vs 11.37% "
             "(16.83% clean).")

@@ -19,9 +19,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from jaxreason import atomic
 from jaxreason.llm import LLMClient
 from jaxreason.models import load_pretrained, load_tokenizer
+from jaxreason.models import weights as W
 from jaxreason.sharding import data_parallel
 from jaxreason.studies.base import prepare_run_dir
 from jaxreason.studies.neuron_lens import ablation, concepts, neurons, report, variants
@@ -119,8 +122,8 @@ def run(config: NeuronLensConfig) -> dict:
         targets["same_count"] = ablation.same_count_random(concept_pairs, F, config.random_seed)
     eps = ablation.noise(model.config.hidden_size, config.noise_seed, config.noise_mean,
                          config.noise_std)
-    abl = _ablations(config, model, params, prompt_sets[base], data.problems, targets, eps,
-                     acc[base], out, mesh)
+    abl, tests = _ablations(config, model, params, prompt_sets[base], data.problems, targets,
+                            eps, inference[base], out, mesh)
     # 6. prompt variants
     activity = {}
     if config.variant_analysis:
@@ -134,7 +137,7 @@ def run(config: NeuronLensConfig) -> dict:
     mode_acc = {t: a[config.mode] for t, a in acc.items()}
     verdicts = variants.claims(mode_acc, activity,
                                {w: {k: v[config.mode] for k, v in r.items()}
-                                for w, r in abl.items()}, config.mode, base)
+                                for w, r in abl.items()}, config.mode, base, tests)
     metrics = {
         "mode": config.mode, "dtype": config.dtype, "data": data.description,
         "source": data.source, "model": str(model_dir), "num_layers": L, "width": F,
@@ -153,7 +156,10 @@ def run(config: NeuronLensConfig) -> dict:
                      "neurons": {c: [n.name for n in v] for c, v in concept_lists.items()},
                      "histogram": report.layer_histogram(concept_lists, L),
                      "llm_unparsed": sum(not r["parsed"] for r in llm_records)},
-        "ablation": abl, "targets": {k: [f"L{l}N{i}" for l, i in v] for k, v in targets.items()},
+        "ablation": abl, "ablation_tests": tests,
+        "noise_norm": float(np.linalg.norm(eps)),
+        "mean_value_norm": float(np.mean(np.asarray(W.value_norms(model, params)))),
+        "targets": {k: [f"L{l}N{i}" for l, i in v] for k, v in targets.items()},
         "faithful_hooked": {k: [f"L{l}N{i}" for l, i in ablation.faithful_hooks(v)]
                             for k, v in targets.items()},
         "noise": {"seed": config.noise_seed, "mean": config.noise_mean, "std": config.noise_std},
@@ -168,12 +174,16 @@ def run(config: NeuronLensConfig) -> dict:
     return metrics
 
 
-def _ablations(config, model, params, prompts, problems, targets: dict, eps, none_acc: dict,
-               out: Path, mesh) -> dict:
-    """``{way: {"none": {faithful, fixed}, target: {faithful, fixed}, ...}}``."""
-    result = {}
+def _ablations(config, model, params, prompts, problems, targets: dict, eps, none_results,
+               out: Path, mesh) -> tuple[dict, dict]:
+    """``{way: {"none": {faithful, fixed}, target: {faithful, fixed}, ...}}`` and, per way,
+    the paired sign test of the concept neurons against each random control (mode's
+    parser, the same problems)."""
+    result, tests = {}, {}
+    key = f"correct_{config.mode}"
     for way in config.ablation_ways:
-        rows = {"none": none_acc}
+        rows = {"none": _accuracies(none_results)}
+        correct = {}
         for name, pairs in targets.items():
             folder = out / "ablation" / f"{way}__{name}"
             ident = {"way": way, "neurons": [list(p) for p in pairs],
@@ -194,5 +204,9 @@ def _ablations(config, model, params, prompts, problems, targets: dict, eps, non
                                    params_for_call=drift, shared_prefix=False, identity=ident,
                                    mesh=mesh, desc=desc)
             rows[name] = _accuracies(res)
+            correct[name] = [r[key] for r in res]
         result[way] = rows
-    return result
+        if "concept" in correct:
+            tests[way] = {f"concept_vs_{k}": ablation.paired_sign_test(correct["concept"], v)
+                          for k, v in correct.items() if k != "concept"}
+    return result, tests

@@ -56,25 +56,10 @@ def _spearman(x, y) -> float | None:
 
 
 def claims(accuracy: dict[str, float], activity: dict[str, dict], ablation: dict,
-           mode: str, base: str = "cot_prompt") -> list[dict]:
+           mode: str, base: str = "cot_prompt", tests: dict | None = None) -> list[dict]:
     """One verdict per claim (1-6) of the original; ``agrees`` is None where it cannot be
-    checked with what was run."""
-    out = []
-    ways = {w: r for w, r in ablation.items() if "concept" in r}
-    if ways:
-        parts, agree = [], []
-        for way, r in ways.items():
-            c, s = r["concept"], r.get("same_count", r.get("original"))
-            if s is None:
-                continue
-            agree.append(c < s)
-            parts.append(f"{way}: {100 * c:.1f}% with the concept neurons vs {100 * s:.1f}% "
-                         f"with random ones")
-        out.append(_claim(1, "knocking out concept neurons hurts more than random neurons",
-                          all(agree) if agree else None, "; ".join(parts), mode))
-    else:
-        out.append(_claim(1, "knocking out concept neurons hurts more than random neurons",
-                          None, "no ablation was run", mode))
+    checked with what was run, or (claim 1) where no difference is significant."""
+    out = [_ablation_claim(ablation, tests or {}, mode)]
     types = [t for t in accuracy if t in activity]
     acts = [activity[t]["all"]["per_step"] for t in types]
     rho = _spearman([accuracy[t] for t in types], acts)
@@ -109,6 +94,27 @@ def claims(accuracy: dict[str, float], activity: dict[str, dict], ablation: dict
             out.append(_claim(6, f"{variant}: accuracy and activity barely change"
                                  + (f" ({expected})" if expected else ""), small, detail, mode))
     return out
+
+
+def _ablation_claim(ablation: dict, tests: dict, mode: str) -> dict:
+    """Claim 1: per way, the concept neurons against the same-count control (else the
+    original's 10), with the paired sign test; agrees when the concept neurons do
+    significantly worse (p < 0.05) in every way, disagrees when significantly better in one."""
+    text = "knocking out concept neurons hurts more than random neurons"
+    parts, verdicts = [], []
+    for way, r in ablation.items():
+        control = "same_count" if "same_count" in r else "original"
+        if "concept" not in r or control not in r:
+            continue
+        test = tests.get(way, {}).get(f"concept_vs_{control}", {"p": 1.0})
+        c, s, p = r["concept"], r[control], test["p"]
+        verdicts.append(True if c < s and p < 0.05 else False if c > s and p < 0.05 else None)
+        parts.append(f"{way}: {100 * c:.1f}% with the concept neurons vs {100 * s:.1f}% with "
+                     f"{control} random ones, sign test p = {p:.2g}")
+    if not parts:
+        return _claim(1, text, None, "no concept neurons, or no ablation was run", mode)
+    agrees = True if all(verdicts) else False if False in verdicts else None
+    return _claim(1, text, agrees, "; ".join(parts), mode)
 
 
 def _lower_both(n, what, variant, base, accuracy, activity, mode) -> dict:

@@ -116,6 +116,10 @@ def test_random_controls():
     assert sorted(l for l, _ in ctrl) == [1, 1, 2]
     assert not set(ctrl) & set(targets) and len(set(ctrl)) == 3
     assert ablation.faithful_hooks([(3, 10), (3, 11), (5, 12)]) == [(3, 10), (5, 11)]
+    # 10 only-first and 2 only-second of 12: 2 * P(X <= 2), X ~ Binomial(12, 1/2)
+    test = ablation.paired_sign_test([1] * 10 + [0] * 3, [0] * 10 + [1] * 2 + [0])
+    assert (test["only_first"], test["only_second"]) == (10, 2)
+    assert test["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert sample_correct(list(range(10)), [i % 2 == 0 for i in range(10)], 3, 42) == \
         _shuffled([0, 2, 4, 6, 8])[:3]
 

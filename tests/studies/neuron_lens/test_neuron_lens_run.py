@@ -53,6 +53,8 @@ def test_every_stage_writes_its_outputs(finished):
     hist = m["concepts"]["histogram"]
     assert {c: sum(v) for c, v in hist.items()} == m["concepts"]["counts"]
     assert [c["claim"] for c in m["claims"]] == [1, 2, 3, 4]
+    assert set(m["ablation_tests"]) == set(m["ablation"])
+    assert all(0 <= t["concept_vs_same_count"]["p"] <= 1 for t in m["ablation_tests"].values())
     assert m["targets"]["same_count"] and len(m["targets"]["same_count"]) == len(
         set(m["targets"]["concept"]))
     report = (out / "report.md").read_text()
