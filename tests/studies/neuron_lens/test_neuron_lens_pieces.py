@@ -47,7 +47,8 @@ def test_topk_in_the_decoding_program_matches_a_plain_forward(world, tmp_path, m
         ids = prompts.encode_full(p)
         # the run's own tokens, teacher forced through one forward without a KV cache
         full = np.concatenate([ids, dom.generated[row]])
-        out = model.apply(params, jnp.asarray(full[None]), capture={"blocks.0.mlp.hook_post"})
+        out = model.jit_apply(params, jnp.asarray(full[None]),
+                              capture={"blocks.0.mlp.hook_post"})
         act = np.asarray(out.captured["blocks.0.mlp.hook_post"][0])  # (T, F)
         scores = np.abs(act) * norms[0]
         want = scores[len(ids) - 1:len(ids) - 1 + 6]  # last prompt token + 5 generated
@@ -161,7 +162,7 @@ def test_ablation_ways_against_their_definitions(world):
     # zero: the activations of the listed neurons are 0 at every position
     edits = ablation.zero_interventions(pairs)
     ids = jnp.asarray([[1, 20, 30, 40]])
-    out = model.apply(params, ids, capture={"blocks.0.mlp.hook_post"}, interventions=edits)
+    out = model.jit_apply(params, ids, capture={"blocks.0.mlp.hook_post"}, interventions=edits)
     act = np.asarray(out.captured["blocks.0.mlp.hook_post"])
     assert (act[..., [3, 9]] == 0).all() and (act[..., 4] != 0).any()
 
