@@ -14,6 +14,7 @@ import pytest
 
 from jaxreason.models import load_pretrained, load_tokenizer
 from jaxreason.models import weights as W
+from jaxreason.models.generate import generate
 from jaxreason.studies.neuron_lens import ablation, concepts, neurons
 from jaxreason.studies.neuron_lens.config import NeuronLensConfig
 from jaxreason.studies.neuron_lens.data import (sample_correct, world_problem_records,
@@ -159,6 +160,15 @@ def test_ablation_ways_against_their_definitions(world):
     for m, d in zip((1, 2, 10, 11, 24), deltas):
         np.testing.assert_allclose(d, m * eps, rtol=1e-5, atol=1e-4 * m)
     np.testing.assert_array_equal(np.asarray(W.value_vectors(model, params, 0)), old)
+    # the runner asks for the weights of every forward call: the prefill, then each step
+    calls = []
+
+    def weights(n):
+        calls.append(n)
+        return drift(0, n)
+    gen = generate(model, params, np.asarray([[1, 20, 30]]), max_new_tokens=4,
+                   params_for_call=weights)
+    assert calls == [0, 1, 2, 3] and gen.generated.shape == (1, 4)
     # zero: the activations of the listed neurons are 0 at every position
     edits = ablation.zero_interventions(pairs)
     ids = jnp.asarray([[1, 20, 30, 40]])
