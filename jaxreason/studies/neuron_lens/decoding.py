@@ -154,7 +154,9 @@ def dominant_run(config, model, params, prompts: PromptSet, problems, sample: Se
     norms = W.value_norms(model, params)
     capture = {MLP_POST: TopK(k, scale=norms)}
     tok = prompts.tokenizer
-    settings = settings_for(config, tok, T - 1, stops=False)
+    # no stop, and batches no larger than the sample (a short sample is not padded up)
+    settings = dataclasses.replace(settings_for(config, tok, T - 1, stops=False),
+                                   batch_size=min(config.batch_size, len(sample)))
     records = [problems[i] for i in sample]
     stop_ids = set(settings_for(config, tok, 1, stops=True).stop_tokens)
 

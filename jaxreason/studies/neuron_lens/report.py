@@ -140,7 +140,7 @@ def write_tables(out: Path, m: dict, all_neurons) -> None:
 
 
 def _accuracy_table(m: dict) -> list[str]:
-    lines = [f"| prompt type | accuracy, faithful parser | accuracy, fixed parser |",
+    lines = ["| prompt type | accuracy, faithful parser | accuracy, fixed parser |",
              "|---|---|---|"]
     for t, a in m["accuracy"].items():
         lines.append(f"| {t} | {_pct(a['faithful'])} | {_pct(a['fixed'])} |")
@@ -149,9 +149,9 @@ def _accuracy_table(m: dict) -> list[str]:
 
 def _ablation_table(m: dict) -> list[str]:
     mode = m["mode"]
-    lines = [f"| way | no ablation | concept neurons | random (original's 10) | random (same "
-             f"count) | concept vs same count: only concept right / only random right, p | "
-             f"original, published |", "|---|---|---|---|---|---|---|"]
+    lines = ["| way | no ablation | concept neurons | random (original's 10) | random (same "
+             "count) | concept vs same count: only concept right / only random right, p | "
+             "original, published |", "|---|---|---|---|---|---|---|"]
     for way, rows in m["ablation"].items():
         cells = [_pct(rows.get(k, {}).get(mode)) for k in ("none", "concept", "original",
                                                              "same_count")]

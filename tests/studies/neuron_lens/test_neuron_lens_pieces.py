@@ -5,6 +5,7 @@ the seed filter, the random controls and each ablation way against its definitio
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import jax
@@ -17,8 +18,8 @@ from jaxreason.models import weights as W
 from jaxreason.models.generate import generate
 from jaxreason.studies.neuron_lens import ablation, concepts, neurons
 from jaxreason.studies.neuron_lens.config import NeuronLensConfig
-from jaxreason.studies.neuron_lens.data import (sample_correct, world_problem_records,
-                                                world_prompt_text)
+from jaxreason.studies.neuron_lens.data import (load_data, sample_correct,
+                                                world_problem_records, world_prompt_text)
 from jaxreason.studies.neuron_lens.decoding import PromptSet, dominant_run
 
 
@@ -188,3 +189,24 @@ def test_config_refuses_bad_values():
         NeuronLensConfig(data_path="x.jsonl")
     assert dataclasses.replace(NeuronLensConfig(), top_k=3).top_k == 3
     assert jax.tree_util.tree_leaves(ablation.zero_interventions([(0, 1)]))
+
+
+def test_user_gsm8k_and_prompt_files_take_the_world_code_path(world, tmp_path):
+    _, _, tok = world
+    text = world_prompt_text("cot_prompt", 2)
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "cot_prompt.txt").write_text(text + "\n")
+    p = world_problem_records("test")[0]
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": p.question,
+                                                     "answer": p.answer}) + "\n")
+    config = _config(data_path=str(tmp_path / "test.jsonl"),
+                     prompt_dir=str(tmp_path / "prompts"), prompt_types=("cot_prompt",))
+    data = load_data(config)
+    assert data.source == "gsm8k" and data.problems[0].final_answer == p.final_answer
+    ps = PromptSet.build(tok, "cot_prompt", data.prompts["cot_prompt"], "fixed")
+    # the file (one trailing newline more) gives the world's own prompt, token for token
+    world_ps = PromptSet.build(tok, "cot_prompt", text, "fixed")
+    assert ps.encode_full(data.problems[0]) == world_ps.encode_full(p)
+    assert ps.prompt(p) == text + "\n\n" + p.question.join(["Question: ",
+                                                             "\nLet's think step by step\n"])
+    assert ps.shown_answers == 2
