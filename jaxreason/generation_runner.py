@@ -44,6 +44,7 @@ evaluation uses it as much as probing studies do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -166,12 +167,13 @@ def generate_batch(model, params, prompts: Sequence[Sequence[int]], settings: De
                    decode: Callable[[Sequence[int]], str] | None = None, prefix=None,
                    capture=None, interventions=None, mesh=None, pad_to: int | None = None,
                    seed: int | None = None, start: int = 0,
-                   records: Sequence | None = None) -> GeneratedBatch:
+                   records: Sequence | None = None,
+                   params_for_call: Callable[[int], Any] | None = None) -> GeneratedBatch:
     """Decode one batch of prompts (token id lists of any length) after ``prefix``.
 
     ``pad_to`` repeats the first prompt up to that many rows (a short last batch reuses the
     compiled programs); ``seed`` defaults to ``settings.seed``; ``interventions`` must fit
-    the padded batch."""
+    the padded batch; ``params_for_call`` goes to ``generate`` (weights per forward call)."""
     n = len(prompts)
     if n == 0:
         raise ValueError("generate_batch needs at least one prompt")
@@ -193,7 +195,7 @@ def generate_batch(model, params, prompts: Sequence[Sequence[int]], settings: De
                    top_p=settings.top_p, seed=settings.seed if seed is None else seed,
                    capture=capture, interventions=interventions,
                    intervene_on=settings.intervene_on, prefix=prefix, mesh=mesh,
-                   stop_when=rows_stopped if stops else None)
+                   stop_when=rows_stopped if stops else None, params_for_call=params_for_call)
     generated = np.asarray(jax.device_get(out.generated))[:n]
     n_gen = np.asarray(jax.device_get(out.num_generated))[:n].astype(np.int32)
     texts, n_tok = None, n_gen.copy()
@@ -252,7 +254,8 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
                    out_dir=None, identity: dict | None = None, store: ArrayWriter | None = None,
                    results_path=None, mesh=None, progress: bool = True,
                    desc: str = "generating",
-                   on_batch: Callable[[GeneratedBatch], None] | None = None) -> RunOutput:
+                   on_batch: Callable[[GeneratedBatch], None] | None = None,
+                   params_for_call: Callable[[int, int], Any] | None = None) -> RunOutput:
     """Decode every record in batches, scoring each and streaming results and arrays to disk.
 
     Args:
@@ -272,6 +275,9 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         ``results_path`` yourself.
       mesh: data-parallel decoding over its data axes.
       on_batch: called with every finished batch (after it is on disk).
+      params_for_call: ``(start, n) -> params`` of forward call ``n`` (0 the prefill) of the
+        batch starting at record ``start``: weights that change while decoding, as a pure
+        function of the batch, so a resumed run computes what a fresh one did.
     """
     bs = settings.batch_size
     if mesh is not None:
@@ -329,7 +335,9 @@ def run_generation(model, params, records: Sequence, encode: Callable[[Any], Seq
         batch = generate_batch(model, params, prompts, settings,
                                decode=decode, prefix=prefix, capture=capture,
                                interventions=interventions, mesh=mesh, pad_to=bs,
-                               seed=batch_seed(settings.seed, lo), start=lo, records=chunk)
+                               seed=batch_seed(settings.seed, lo), start=lo, records=chunk,
+                               params_for_call=None if params_for_call is None
+                               else functools.partial(params_for_call, lo))
         for r, rec in enumerate(chunk):
             text = batch.texts[r] if batch.texts is not None else None
             row = {"index": lo + r, "text": text, "num_tokens": int(batch.num_tokens[r])}

@@ -100,6 +100,7 @@ def _qualname(obj) -> str:
 STUDIES: Registry = Registry("study", modules=(
     "jaxreason.studies.mechprobe",
     "jaxreason.studies.think_to_talk",
+    "jaxreason.studies.neuron_lens",
 ))
 TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",

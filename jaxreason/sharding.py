@@ -177,3 +177,16 @@ def activation_rules(mesh: Mesh | None, rules=DEFAULT_RULES):
         return
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
+
+
+def data_parallel(model, params, batch_size: int, enabled: bool = True):
+    """``(mesh, params)`` for data-parallel decoding over every device: a ``data`` mesh and
+    the params placed on it, or ``(None, params)`` on one device or when not ``enabled``.
+    ``batch_size`` must divide over the devices."""
+    if not enabled or jax.device_count() == 1:
+        return None, params
+    mesh = make_mesh(MeshConfig(data=-1))
+    if batch_size % mesh.shape["data"]:
+        raise ValueError(f"batch_size={batch_size} must divide over the "
+                         f"{mesh.shape['data']} devices for data-parallel decoding")
+    return mesh, place(params, model_shardings(model, mesh))

@@ -213,7 +213,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, capture=None,
              interventions=None, intervene_on: str = "prefill", prefix: KVCache | None = None,
              progress: bool = False, mesh=None,
-             stop_when: Callable[[np.ndarray], np.ndarray] | None = None) -> GenerateOutput:
+             stop_when: Callable[[np.ndarray], np.ndarray] | None = None,
+             params_for_call: Callable[[int], Any] | None = None) -> GenerateOutput:
     """Decode up to ``max_new_tokens`` per row with a KV cache.
 
     Args:
@@ -237,6 +238,10 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         every 4 steps with the EOS check; decoding stops once every row has hit EOS or is
         finished. It does not end rows early (they still run to EOS): trimming is the
         caller's, so the output does not depend on when the rule was checked.
+      params_for_call: weights that change while decoding (the cumulative value-vector
+        corruption of Rai & Yao, 2024): ``params_for_call(n)`` gives the parameters of forward
+        call ``n`` (0 the prefill, n the n-th decoding step), in place of ``params``. They must
+        keep the structure, shapes and dtypes of ``params`` (then nothing recompiles).
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 1:
@@ -274,7 +279,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     if mesh is not None:
         ids_in, mask_in, cache = _shard_rows((ids_in, mask_in, cache), b, mesh)
 
-    last_logits, cache, captured = _prefill(model, params, cache, ids_in, mask_in,
+    weights = (lambda n: params) if params_for_call is None else params_for_call  # noqa: E731
+    last_logits, cache, captured = _prefill(model, weights(0), cache, ids_in, mask_in,
                                             interventions, capture_key, prefill_requests)
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
@@ -296,7 +302,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         # feed the token back: this decodes the next one and, when capturing, records the
         # activations of this token, so captures line up with `tokens` slot for slot
         key, sub = jax.random.split(key)
-        token, cache, captured = _step(model, params, cache, token, lives[-1],
+        token, cache, captured = _step(model, weights(n + 1), cache, token, lives[-1],
                                        step_edits, sub, capture_key, step_requests,
                                        temperature, top_p)
         for name, v in captured.items():

@@ -40,7 +40,7 @@ from jaxreason.models import load_pretrained, load_tokenizer
 from jaxreason.models.generate import prefill_prefix
 from jaxreason.probe.activation_store import ActivationWriter, open_store
 from jaxreason.probe.linear import chance_accuracy
-from jaxreason.sharding import MeshConfig, make_mesh, model_shardings, place
+from jaxreason.sharding import data_parallel
 from jaxreason.studies.base import check_model_dir, prepare_run_dir, train_or_load
 from jaxreason.studies.think_to_talk import patching, probing
 from jaxreason.studies.think_to_talk.config import ThinkToTalkConfig
@@ -80,18 +80,6 @@ def load_model(config: ThinkToTalkConfig, codec=None):
                          f"formula vocabulary ({codec.vocab_size} tokens)")
     model, params, train_metrics = train_or_load(config)
     return model, params, codec, train_metrics
-
-
-def _mesh(config: ThinkToTalkConfig, model, params):
-    """A data-parallel mesh over every device (None on one device)."""
-    if not config.data_parallel or jax.device_count() == 1:
-        return None, params
-
-    mesh = make_mesh(MeshConfig(data=-1))
-    if config.batch_size % mesh.shape["data"]:
-        raise ValueError(f"batch_size={config.batch_size} must divide over the "
-                         f"{mesh.shape['data']} devices for data-parallel decoding")
-    return mesh, place(params, model_shardings(model, mesh))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -140,7 +128,7 @@ def run(config: ThinkToTalkConfig) -> dict:
     if late:
         raise ConfigError(f"patches[{late[0][0]}].start_layer={late[0][1]} is past the model's "
                           f"hidden-state indices 0..{L} ({L} blocks)")
-    mesh, params = _mesh(config, model, params)
+    mesh, params = data_parallel(model, params, config.batch_size, config.data_parallel)
     fingerprint = weights_fingerprint(params)
     settings = config.probe.settings()
     sizes = {"test": config.test_size, "probing_train": config.probing_train_size}
