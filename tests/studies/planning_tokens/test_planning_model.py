@@ -136,3 +136,15 @@ def test_schedule_matches_the_original(world):
     for update in (0, 1, 350, 699, 700, 701, 850, 999, 1000):
         assert math.isclose(float(lr(update)), want[update], rel_tol=1e-5, abs_tol=1e-12), update
     assert want[0] == 0.0
+
+
+def test_new_token_init_in_a_train_config():
+    from jaxreason.config_io import ConfigError, from_dict
+    from jaxreason.train.config import PeftSection
+
+    peft = from_dict(PeftSection, {"mode": "new-embeddings", "new_tokens": 2,
+                                   "new_token_init": [[5, 6], None]})
+    assert peft.new_token_init == ((5, 6), None)
+    with pytest.raises(ConfigError, match="lists 1 entries for peft.new_tokens=2"):
+        from_dict(PeftSection, {"mode": "new-embeddings", "new_tokens": 2,
+                                "new_token_init": [[5]]})
