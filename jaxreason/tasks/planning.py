@@ -293,8 +293,9 @@ def gold_answer(answer: str, dataset: str, mode: Mode) -> str:
     answer the extractor cannot read is an error (the original asserts it)."""
     gold = extract_answer(ANSWER_LEAD.lstrip() + answer + "\n", dataset, mode)
     if gold == INVALID:
+        kind = {"strategyqa": "True/False", "world": "a number"}.get(dataset, "a letter")
         raise ValueError(f"gold answer {answer!r} cannot be read by the {dataset} extractor; "
-                         f"expected {'True/False' if dataset == 'strategyqa' else 'a number' if dataset == 'world' else 'a letter'}")
+                         f"expected {kind}")
     return gold
 
 

@@ -96,7 +96,8 @@ class PlanningTokensConfig(StudyConfig, WorldModelFields):
         check_compute_dtype(self.dtype)
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset={self.dataset!r}; allowed: {list(DATASETS)}")
-        if self.dataset != "world" and not self.rescore and not (self.train_file and self.test_file):
+        files = self.train_file and self.test_file
+        if self.dataset != "world" and not self.rescore and not files:
             raise ConfigError(f"dataset={self.dataset!r} needs train_file and test_file (JSON "
                               f"files of the original's format); only dataset=world is embedded")
         if self.rescore and not self.test_file:

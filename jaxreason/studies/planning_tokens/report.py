@@ -87,7 +87,8 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
              f"records; {metrics['groups']['new_tokens']} planning tokens (P="
              f"{metrics['groups']['n_prefix']}, S={metrics['groups']['n_special']}). "
              f"Every number below is from {mode} mode; the headline epoch is "
-             f"{'the best by test accuracy (as the paper reports)' if mode == 'faithful' else 'the last'}"
+             + ("the best by test accuracy (as the paper reports)" if mode == "faithful"
+                else "the last") +
              ", and both are listed.", "",
              "| variant | trainable | planning tokens | labels | test examples (unique) | "
              "best epoch | best acc. | last epoch | last acc. | memory:reason steps |",

@@ -168,7 +168,8 @@ def pick_epochs(epochs: list[dict]) -> dict:
     return {"best_epoch": best["epoch"], "best_accuracy": best["test_accuracy"],
             "last_epoch": last["epoch"], "last_accuracy": last["test_accuracy"],
             "per_epoch": [{"epoch": r["epoch"], "test_accuracy": r["test_accuracy"],
-                           "loss": r.get("loss")} for r in sorted(epochs, key=lambda r: r["epoch"])]}
+                           "loss": r.get("loss")}
+                          for r in sorted(epochs, key=lambda r: r["epoch"])]}
 
 
 def analyse_variant(config, prep: Prepared, picked: dict, groups) -> dict:

@@ -36,7 +36,8 @@ def trained(tiny_world_model):
     rng = np.random.default_rng(0)
     for path, value in flatten(params).items():
         if path[-1] == "lora_b":
-            get_path(params, path[:-1])["lora_b"] = rng.normal(0, 0.05, value.shape).astype(np.float32)
+            b = rng.normal(0, 0.05, value.shape).astype(np.float32)
+            get_path(params, path[:-1])["lora_b"] = b
     emb = np.array(params["embed_tokens"]["embedding"])
     emb[rows:] += rng.normal(0, 0.1, emb[rows:].shape)
     params["embed_tokens"]["embedding"] = emb
@@ -62,7 +63,8 @@ def test_epoch_files_round_trip(trained, tmp_path):
     for p in want:
         np.testing.assert_array_equal(np.asarray(got[p]), np.asarray(want[p]), err_msg=str(p))
     export.write_token_strings(tmp_path, GROUPS, trained["tok"])
-    assert json.loads((tmp_path / "prompt_text.json").read_text())["prefix"] == " <prefix_0> <prefix_1>"
+    prompt_text = json.loads((tmp_path / "prompt_text.json").read_text())
+    assert prompt_text["prefix"] == " <prefix_0> <prefix_1>"
 
 
 def test_peft_export_loads_with_the_same_logits(trained, tmp_path):
@@ -77,7 +79,8 @@ def test_peft_export_loads_with_the_same_logits(trained, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(str(trained["dir"]), torch_dtype=torch.float32)
     base.resize_token_embeddings(len(tok))
     hf = peft.PeftModel.from_pretrained(base, str(out)).eval()
-    text = "Question: Tom has 4 eggs.\n <prefix_0> <prefix_1> <reason_0> <reason_1> So Tom has 4 eggs."
+    text = ("Question: Tom has 4 eggs.\n <prefix_0> <prefix_1> <reason_0> <reason_1> So Tom "
+            "has 4 eggs.")
     ids = np.asarray([tok.encode(text)], np.int64)
     assert (ids >= trained["vocab"].rows).sum() == 4  # planning tokens are in the input
     with torch.no_grad():
