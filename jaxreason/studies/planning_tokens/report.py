@@ -101,6 +101,11 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
                      f"{v['test_examples']} ({v['unique_test_examples']}) | {v['best_epoch']} | "
                      f"{_pct(v['best_accuracy'])} | {v['last_epoch']} | "
                      f"{_pct(v['last_accuracy'])} | {ratio} |")
+    unknown = {n: v.get("unknown_tokens_in_training", 0) for n, v in metrics["variants"].items()}
+    if any(unknown.values()):
+        lines += ["", "The tokenizer has no piece for some whitespace runs of the concatenated "
+                  "faithful text (around the added tokens), so the training arrays hold "
+                  + ", ".join(f"{k} {n} <unk> ids" for n, k in unknown.items()) + "."]
     lines += ["", f"![accuracy per epoch]({figures[0]})", "", "## Error attribution", "",
               "Wrong answers of the headline epoch, charged to the gold type of their first "
               "step that differs from the gold chain (\"answer\": every step right, the answer "

@@ -106,6 +106,7 @@ class Prepared:
     bias: tuple
     train_cfg: object
     train_rows: int
+    unknown_tokens: int  # <unk> ids in the training arrays (faithful whitespace)
 
 
 def prepare_variant(config, variant: Variant, base_dir: Path, hf_cfg: dict, groups,
@@ -128,8 +129,10 @@ def prepare_variant(config, variant: Variant, base_dir: Path, hf_cfg: dict, grou
     cfg = train_config(config, variant, base_dir, directory / "data", directory / "train",
                        len(data), data.seq_len, groups.count, init, bias)
     tests = test_examples(config, test_records, template)
+    unk = tokenizer.unk_token_id
+    unknown = 0 if unk is None else int((data.arrays["tokens"] == unk).sum())
     return Prepared(variant, directory, tokenizer, vocab, template, tests, bias, cfg,
-                    len(data))
+                    len(data), unknown)
 
 
 def train_variant(config, prep: Prepared, base_dir: Path, position_limit) -> dict:
@@ -222,7 +225,8 @@ def run(config: PlanningTokensConfig) -> dict:
                                test_records, out)
         entry = {"trainable": variant.trainable, "planning_tokens": variant.planning_tokens,
                  "labels": variant.labels, "test_examples": len(prep.tests),
-                 "unique_test_examples": len({ex.question for ex in prep.tests})}
+                 "unique_test_examples": len({ex.question for ex in prep.tests}),
+                 "unknown_tokens_in_training": prep.unknown_tokens}
         if prep.vocab is not None:
             entry["vocab"] = {"rows": prep.vocab.rows, "first_id": prep.vocab.first_id,
                               "fillers": prep.vocab.fillers,

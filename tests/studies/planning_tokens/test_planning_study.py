@@ -64,6 +64,7 @@ def test_small_end_to_end_run(tiny_world_model, tmp_path):
     assert paper["steps_per_epoch"] == 1 and paper["steps"] == 2
     assert paper["vocab"]["first_id"] == paper["vocab"]["rows"]
     assert paper["headline_epoch"] == paper["last_epoch"] == 2  # fixed mode
+    assert paper["unknown_tokens_in_training"] == 0  # fixed ids: no whitespace <unk>
     run = tmp_path / "run"
     for name in ("report.md", "metrics.json", "accuracy_per_epoch.png", "attention_heatmap.png",
                  "paper/prompt_text.json", "paper/epochs/epoch_1/adapter.safetensors",
