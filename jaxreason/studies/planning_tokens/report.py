@@ -105,7 +105,7 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
     if any(unknown.values()):
         lines += ["", "The tokenizer has no piece for some whitespace runs of the concatenated "
                   "faithful text (around the added tokens), so the training arrays hold "
-                  + ", ".join(f"{k} {n} <unk> ids" for n, k in unknown.items()) + "."]
+                  + ", ".join(f"{n}: {k}" for n, k in unknown.items()) + " <unk> ids."]
     lines += ["", f"![accuracy per epoch]({figures[0]})", "", "## Error attribution", "",
               "Wrong answers of the headline epoch, charged to the gold type of their first "
               "step that differs from the gold chain (\"answer\": every step right, the answer "
