@@ -5,8 +5,9 @@
   Llama-2, 1:5 on CommonsenseQA, 1:2 on TruthfulQA).
 * **Error attribution** where the test records carry gold steps (exact on the embedded world,
   whose chains are deterministic): the generated steps are split at the prefix tokens and
-  compared with the gold steps in order; a wrong answer is charged to the first step whose
-  text differs from the gold step at that place (a missing step counts as differing), under
+  compared with the gold steps in order; a wrong answer is charged to the first step that
+  does not compute the gold step's equation (or, without an equation, whose text differs; a
+  missing step counts as differing), under
   that gold step's type, or to the answer line when every step matches. Also: how often the
   type token a model writes matches the gold type of the step it writes.
 * **Attention to the planning tokens**: on teacher-forced training sequences, the attention
@@ -25,10 +26,22 @@ import numpy as np
 from jaxreason.tasks.planning import PlanningExample, TokenGroups
 
 _NAME_RE = re.compile(r"<(prefix|memory|reason|assignment|answer|rag)_\d+>")
+_EQUATION_RE = re.compile(r"(-?\d+)\s*([-+*/x])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
 def _norm(text: str) -> str:
     return " ".join(text.split())
+
+
+def step_matches(generated: str, gold: str) -> bool:
+    """Whether a generated step does what the gold step does: the same equation where the
+    gold step has one (the world's steps each compute one ``a op b = c``), else the same
+    text up to whitespace."""
+    want = _EQUATION_RE.search(gold)
+    if want is None:
+        return _norm(generated) == _norm(gold)
+    got = _EQUATION_RE.search(generated)
+    return got is not None and got.groups() == want.groups()
 
 
 def parse_steps(text: str, groups: TokenGroups | None) -> list[tuple[str | None, str]]:
@@ -72,7 +85,7 @@ def error_attribution(examples: list[PlanningExample], results: list[dict],
             if i < len(steps):
                 type_total += steps[i][0] is not None
                 type_hits += int(steps[i][0] == gold_type)
-            if i >= len(steps) or steps[i][1] != _norm(gold_text):
+            if i >= len(steps) or not step_matches(steps[i][1], gold_text):
                 failed[gold_type] += 1
                 first_bad = gold_type
                 break
