@@ -109,7 +109,8 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
     lines += ["", f"![accuracy per epoch]({figures[0]})", "", "## Error attribution", "",
               "Wrong answers of the headline epoch, charged to the gold type of their first "
               "step that does not compute the gold step's equation (or, without one, differs "
-              "from its text; \"answer\": every step right, the answer line wrong); the step error rate is the share of steps of that type reached "
+              "from its text; \"answer\": every step right, the answer line wrong); the "
+              "step error rate is the share of steps of that type reached "
               "that were the first to go wrong; type-token accuracy is how often the written "
               "type token matches the gold type of its step.", "",
               "| variant | wrong | memory | reason | answer | step error rate memory / reason "

@@ -24,8 +24,8 @@ def test_parse_steps_and_counts():
     assert [t for t, _ in steps] == ["memory", "reason", "answer"]
     assert steps[1][1] == "So Ben bakes 1 * 36 = 36 eggs."
     assert step_type_counts(RIGHT) == {"memory": 1, "reason": 1, "assignment": 0, "answer": 1}
-    assert step_counts([{"step_types": step_type_counts(t)} for t in (RIGHT, BAD_TYPE_AND_REASON)]) \
-        == {"memory_per_generation": 1.5, "reason_per_generation": 0.5, "memory_to_reason": 3.0}
+    rows = [{"step_types": step_type_counts(t)} for t in (RIGHT, BAD_TYPE_AND_REASON)]
+    assert step_counts(rows) == {"memory_per_generation": 1.5, "reason_per_generation": 0.5, "memory_to_reason": 3.0}
     lines = parse_steps(" So x 1 + 1 = 2.\n The answer is: 2\n", None)
     assert lines == [(None, "So x 1 + 1 = 2."), ("answer", "The answer is: 2")]
 
