@@ -67,8 +67,8 @@ def test_old_logits_unchanged_and_rows_from_the_key_word(world):
     model, params, old = apply_peft(world["model"], world["params"], train_cfg.peft, 0)
     assert old == world["rows"] and model.config.vocab_size == world["rows"] + GROUPS.count
     ids = np.asarray([world["tok"].encode("Tom has 4 eggs. So Tom has 4 eggs.")], np.int32)
-    base = np.asarray(world["model"].apply(world["params"], ids).logits)
-    new = np.asarray(with_bias(model, bias).apply(params, ids).logits)
+    base = np.asarray(world["model"].jit_apply(world["params"], ids).logits)
+    new = np.asarray(with_bias(model, bias).jit_apply(params, ids).logits)
     scale = np.abs(base).max()
     np.testing.assert_allclose(new[..., :old], base, atol=1e-5 * scale)
     # "reason" is one vocabulary entry: its tokens start from that row, so their logits are
