@@ -95,8 +95,11 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in metrics["variants"].items():
         c = v.get("step_counts") or {}
+        gold = v.get("gold_step_counts")
         ratio = (f"{c['memory_per_generation']:.2f}:{c['reason_per_generation']:.2f}"
                  if c and v["planning_tokens"] else "-")
+        if gold:
+            ratio += f" (gold {gold['memory']:.2f}:{gold['reason']:.2f})"
         lines.append(f"| {name} | {v['trainable']} | {v['planning_tokens']} | {v['labels']} | "
                      f"{v['test_examples']} ({v['unique_test_examples']}) | {v['best_epoch']} | "
                      f"{_pct(v['best_accuracy'])} | {v['last_epoch']} | "
@@ -153,6 +156,7 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
               "never learned them. Their memory:reason step ratios: about 1.3:1 on StrategyQA "
               "(Llama-2), 1:5 on CommonsenseQA, 1:2 on TruthfulQA. Re-score an outputs file "
               "with `--rescore=<outputs.json> --test_file=<test.json>`.", "",
-              f"Wall time: {metrics['seconds']:.0f} s."]
+              f"Wall time of this invocation: {metrics['seconds']:.0f} s (finished trainings and "
+              "their per-epoch evaluations are reused by a rerun, not repeated)."]
     atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
     return figures

@@ -179,6 +179,8 @@ def analyse_variant(config, prep: Prepared, picked: dict, groups) -> dict:
     epoch = picked["best_epoch"] if config.mode == "faithful" else picked["last_epoch"]
     results = read_results(prep.directory, epoch)
     out = {"headline_epoch": epoch, "step_counts": analysis.step_counts(results)}
+    out["gold_step_counts"] = {t: sum(ex.step_types.count(t) for ex in prep.tests)
+                                  / len(prep.tests) for t in ("memory", "reason")}
     if all(ex.step_texts and any(ex.step_texts) for ex in prep.tests):
         out["error_attribution"] = analysis.error_attribution(
             prep.tests, results, groups if prep.variant.planning_tokens else None)
