@@ -100,7 +100,11 @@ def _qualname(obj) -> str:
 STUDIES: Registry = Registry("study", modules=(
     "jaxreason.studies.mechprobe",
     "jaxreason.studies.think_to_talk",
+<<<<<<< HEAD
     "jaxreason.studies.neuron_lens",
+=======
+    "jaxreason.studies.planning_tokens",
+>>>>>>> wp_planning
 ))
 TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",
@@ -111,4 +115,5 @@ TASKS: Registry[Callable] = Registry("task", modules=(
 OBJECTIVES: Registry[Callable] = Registry("objective", modules=(
     "jaxreason.train.objectives",
     "jaxreason.studies.mechprobe.objectives",
+    "jaxreason.studies.planning_tokens.objective",
 ))

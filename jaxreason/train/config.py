@@ -226,7 +226,8 @@ class PeftSection:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ()
     new_tokens: int = 0
-    new_token_init: Literal["mean"] = "mean"
+    # "mean", or per new token the existing ids whose rows it starts from (null: the mean)
+    new_token_init: Literal["mean"] | tuple[tuple[int, ...] | None, ...] = "mean"
 
     def __post_init__(self):
         if "new-embeddings" in self.mode and self.new_tokens <= 0:
@@ -237,6 +238,10 @@ class PeftSection:
             raise ConfigError(f"peft.lora_rank={self.lora_rank} must be positive")
         if self.new_tokens < 0:
             raise ConfigError(f"peft.new_tokens={self.new_tokens} must be >= 0")
+        if self.new_token_init != "mean" and len(self.new_token_init) != self.new_tokens:
+            raise ConfigError(f"peft.new_token_init lists {len(self.new_token_init)} entries "
+                              f"for peft.new_tokens={self.new_tokens}; give one list of "
+                              "source token ids (or null for the mean row) per new token")
         _check_number("peft.lora_alpha", self.lora_alpha, low=0.0, low_open=True)
         _check_number("peft.lora_dropout", self.lora_dropout, low=0.0, high=1.0, high_open=True)
 

@@ -1,6 +1,5 @@
 """The world base model helper: trains once when the export is missing, then reuses it."""
 
-import shutil
 from pathlib import Path
 
 import pytest
