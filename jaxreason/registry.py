@@ -100,11 +100,8 @@ def _qualname(obj) -> str:
 STUDIES: Registry = Registry("study", modules=(
     "jaxreason.studies.mechprobe",
     "jaxreason.studies.think_to_talk",
-<<<<<<< HEAD
     "jaxreason.studies.neuron_lens",
-=======
     "jaxreason.studies.planning_tokens",
->>>>>>> wp_planning
 ))
 TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",
