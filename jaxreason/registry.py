@@ -100,6 +100,7 @@ def _qualname(obj) -> str:
 STUDIES: Registry = Registry("study", modules=(
     "jaxreason.studies.mechprobe",
     "jaxreason.studies.think_to_talk",
+    "jaxreason.studies.kv_transplant",
 ))
 TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",
@@ -110,4 +111,5 @@ TASKS: Registry[Callable] = Registry("task", modules=(
 OBJECTIVES: Registry[Callable] = Registry("objective", modules=(
     "jaxreason.train.objectives",
     "jaxreason.studies.mechprobe.objectives",
+    "jaxreason.studies.kv_transplant.transplant",
 ))
