@@ -20,7 +20,10 @@ Calls use temperature 0, max_tokens 512, top_p 1, n 1, best_of 1, no stop sequen
 whose answers fail a rule is skipped. Answers are compared with ``to_float``, which keeps only
 ``0-9 . /`` (and parses fractions); ``faithful`` mode keeps the original's loss of the minus
 sign (-5 equals 5) and its unseeded swap, ``fixed`` mode keeps the sign and draws the swap from
-``random.Random(seed)``.
+``random.Random(seed)``. The command line (:func:`main`) reads questions and gold answers from
+GSM8K-style JSON lines and retries each request up to 20 times, 5 s apart (the original
+waited 5 s after an error and gave up after 20); its half-second pause before every call is
+left to the client's bounded concurrency.
 """
 
 from __future__ import annotations
@@ -158,3 +161,39 @@ def generate_rows(problems: Sequence[tuple[str, object]], client: LLMClient,
                                  choice_argument=parsed[0], swapped=swap, line=len(rows) + 2))
     tally["rows"] = len(rows)
     return rows, tally
+
+
+def main(argv=None) -> int:
+    """``python -m jaxreason.tasks.cot_choice_generate --questions Q.jsonl --out data.csv
+    --model M --base_url URL``: questions and gold answers from GSM8K-style JSON lines."""
+    import argparse
+
+    from jaxreason.llm import LLMConfig
+    from jaxreason.tasks.cot_choice import write_cot_choice_csv
+    from jaxreason.tasks.readers import read_gsm8k
+
+    ap = argparse.ArgumentParser(prog="python -m jaxreason.tasks.cot_choice_generate")
+    ap.add_argument("--questions", required=True, help="JSON lines with question and answer "
+                    "ending in '#### N' (GSM8K's layout)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--base_url", default="https://api.openai.com/v1")
+    ap.add_argument("--api_key_env", default="OPENAI_API_KEY")
+    ap.add_argument("--cache_dir", default="runs/llm_cache")
+    ap.add_argument("--mode", choices=("faithful", "fixed"), default="fixed")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args(argv)
+    problems = [(p.question, p.final_answer) for p in read_gsm8k(args.questions)][:args.limit]
+    config = LLMConfig(model=args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+                       cache_dir=args.cache_dir, max_attempts=20, backoff_initial_s=5.0,
+                       backoff_multiplier=1.0)
+    with LLMClient(config) as client:
+        rows, tally = generate_rows(problems, client, args.mode, args.seed)
+        print(json.dumps({**tally, "usage": client.usage()}))
+    write_cot_choice_csv(rows, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -97,6 +97,11 @@ def write_report(path: Path, m: dict, config) -> Path:
                   f"{orig['best']} and mean {orig['mean']} over {orig['tests']} tests (mean of "
                   "batch means; the best is a maximum over every test pass, with no validation "
                   "split).", ""]
+    lines += ["Deviations from the original in every mode: the residual stream is float32 (the "
+              "original: float64, cast to fp16 before each norm); position ids follow the "
+              "attention mask (the original used 0..T-1 under left padding, which RoPE's "
+              "relative form and its padding-free attention make equivalent); a sub-batch that "
+              "runs out of memory is an error, not skipped.", ""]
     for f in m.get("figures", []):
         lines.append(f"![{f}]({f})")
     lines += ["", f"Run time: {m['seconds']:.0f} s. Per-step rows: `metrics.jsonl`; all numbers: "

@@ -26,13 +26,14 @@ def test_chooser_kv_in_the_window_are_the_arguers(tiny_llama, batch_and_items):
     model, params = tiny_llama
     batch, items = batch_and_items
     L = model.config.num_layers
-    src = model.apply(params, batch["arg_ids"], batch["arg_mask"],
-                      capture={n: None for n in T.kv_hook_names(L)})
-    edits = T.transplant_edits(T.arguer_kv(model, params, batch), batch["ch_pos"])
+    src = model.jit_apply(params, batch["arg_ids"], batch["arg_mask"],
+                          capture={n: None for n in T.kv_hook_names(L)})
+    captured = jax.jit(lambda p, b: T.arguer_kv(model, p, b))(params, batch)
+    edits = T.transplant_edits(captured, batch["ch_pos"])
     names = [f"blocks.{l}.attn.hook_{h}" for l in range(L) for h in ("k", "v", "rot_k")]
-    got = model.apply(params, batch["ch_ids"], batch["ch_mask"], interventions=edits,
-                      capture=names).captured
-    plain = model.apply(params, batch["ch_ids"], batch["ch_mask"], capture=names).captured
+    got = model.jit_apply(params, batch["ch_ids"], batch["ch_mask"], interventions=edits,
+                          capture=names).captured
+    plain = model.jit_apply(params, batch["ch_ids"], batch["ch_mask"], capture=names).captured
     positions = np.maximum(np.cumsum(batch["ch_mask"], 1) - 1, 0)  # the chooser's position ids
     inv = rope_inv_freq(model.config)
     for b, item in enumerate(items):
@@ -91,7 +92,7 @@ def test_gradients_through_the_transplant_match_finite_differences(tiny_llama, b
     g_arg, g_ch = jax.jit(jax.grad(loss, argnums=(0, 1)))(arguer, chooser)
     # the arguer's adapter reaches the loss only through the transplanted keys and values
     assert float(optax_norm(g_arg)) > 0
-    assert float(optax_norm(jax.grad(lambda a: loss(a, chooser, False))(arguer))) == 0
+    assert float(optax_norm(jax.jit(jax.grad(lambda a: loss(a, chooser, False)))(arguer))) == 0
     f = jax.jit(loss)
     for grad, which in ((g_arg, 0), (g_ch, 1)):
         norm = float(optax_norm(grad))
@@ -122,9 +123,9 @@ def test_shared_adapter_gradient_is_the_sum_of_both_roles(tiny_llama, batch_and_
         return T.transplant_loss(model, (adapters.merge(a, frozen), adapters.merge(c, frozen)),
                                  batch, answer_ids=(8, 9))[0]
 
-    shared = jax.grad(lambda t: T.transplant_loss(model, adapters.merge(t, frozen), batch,
-                                                  answer_ids=(8, 9))[0])(lora)
-    ga, gc = jax.grad(loss, argnums=(0, 1))(lora, lora)
+    shared = jax.jit(jax.grad(lambda t: T.transplant_loss(model, adapters.merge(t, frozen), batch,
+                                                          answer_ids=(8, 9))[0]))(lora)
+    ga, gc = jax.jit(jax.grad(loss, argnums=(0, 1)))(lora, lora)
     for s, a, c in zip(*map(jax.tree_util.tree_leaves, (shared, ga, gc))):
         np.testing.assert_allclose(s, a + c, atol=1e-5 * float(jnp.abs(a).max() + jnp.abs(c).max()))
 
