@@ -91,7 +91,7 @@ def write_report(path: Path, m: dict, config) -> Path:
                       f"arguer reads (both chooser slots show the correct chain). With the "
                       f"transplant the chooser reaches test f_c {_f(pc['final']['test_f_c'])}; the "
                       f"same model without it scores {_f(wo)} (its inputs then do not depend on "
-                      f"the answer, so chance is the share of the majority slot)."]
+                      f"the answer, so it scores the share of whichever slot it prefers)."]
         orig = ORIGINAL[variant]
         lines += ["", f"The original ({variant}, LLaMA-7B Alpaca on its CSV): best test f_c "
                   f"{orig['best']} and mean {orig['mean']} over {orig['tests']} tests (mean of "

@@ -89,6 +89,7 @@ def test_gradients_through_the_transplant_match_finite_differences(tiny_llama, b
         pair = (adapters.merge(arg_lora, frozen), adapters.merge(ch_lora, frozen))
         return T.transplant_loss(model, pair, batch, answer_ids=answer, transplant=transplant)[0]
 
+    # two adapters, so each role's gradient is seen alone (the shared adapter's is their sum)
     g_arg, g_ch = jax.jit(jax.grad(loss, argnums=(0, 1)))(arguer, chooser)
     # the arguer's adapter reaches the loss only through the transplanted keys and values
     assert float(optax_norm(g_arg)) > 0
@@ -112,22 +113,6 @@ def test_gradients_through_the_transplant_match_finite_differences(tiny_llama, b
 
 def optax_norm(tree):
     return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree)))
-
-
-def test_shared_adapter_gradient_is_the_sum_of_both_roles(tiny_llama, batch_and_items):
-    model, params = tiny_llama
-    batch, _ = batch_and_items
-    lora, frozen = _random_adapters(model, params, 4)
-
-    def loss(a, c):
-        return T.transplant_loss(model, (adapters.merge(a, frozen), adapters.merge(c, frozen)),
-                                 batch, answer_ids=(8, 9))[0]
-
-    shared = jax.jit(jax.grad(lambda t: T.transplant_loss(model, adapters.merge(t, frozen), batch,
-                                                          answer_ids=(8, 9))[0]))(lora)
-    ga, gc = jax.jit(jax.grad(loss, argnums=(0, 1)))(lora, lora)
-    for s, a, c in zip(*map(jax.tree_util.tree_leaves, (shared, ga, gc))):
-        np.testing.assert_allclose(s, a + c, atol=1e-5 * float(jnp.abs(a).max() + jnp.abs(c).max()))
 
 
 def test_shuffled_index_map_cycles_through_the_donor_window(batch_and_items):
