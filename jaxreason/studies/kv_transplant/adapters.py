@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from jaxreason.models.families import family_of
@@ -25,8 +26,6 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 def fresh_adapter(model, params, rank: int, alpha: float, seed: int) -> dict:
     """Params with a new adapter on q, k, v, o (B = 0: step 0 is the base model)."""
-    import jax
-
     return add_lora(params, model.family, TARGETS, rank=rank, alpha=alpha,
                     rng=jax.random.PRNGKey(seed))
 

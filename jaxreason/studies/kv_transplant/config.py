@@ -90,6 +90,6 @@ class KVTransplantConfig(StudyConfig, WorldModelFields):
         if len(self.answer_tokens) != 2 or len(set(self.answer_tokens)) != 2:
             raise ConfigError(f"answer_tokens={list(self.answer_tokens)} must be two different "
                               f"tokens (slot 1's, slot 2's)")
-        if "positive_control" in self.conditions and self.data_path:
+        if "positive_control" in self.conditions and self.data_path and not self.stats_only:
             raise ConfigError("the positive control marks the embedded world's chains: drop "
                               "'positive_control' from conditions with a data_path")

@@ -20,8 +20,7 @@ def test_stats_only_never_loads_a_model(tmp_path, capsys):
     data = cc.write_cot_choice_csv(rows, tmp_path / "data.csv")
     out = tmp_path / "stats"
     code = cli(["--config", CONFIG, f"--data_path={data}", "--stats_only=true",
-                f"--run_dir={out}", "--model_path=/nonexistent/model", "--unescape_newlines=true",
-                "--conditions=[transplant]"])
+                f"--run_dir={out}", "--model_path=/nonexistent/model", "--unescape_newlines=true"])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     test, train = cc.split_indices(30)
