@@ -102,6 +102,7 @@ STUDIES: Registry = Registry("study", modules=(
     "jaxreason.studies.think_to_talk",
     "jaxreason.studies.neuron_lens",
     "jaxreason.studies.planning_tokens",
+    "jaxreason.studies.kv_transplant",
 ))
 TASKS: Registry[Callable] = Registry("task", modules=(
     "jaxreason.tasks.copy",
@@ -113,4 +114,5 @@ OBJECTIVES: Registry[Callable] = Registry("objective", modules=(
     "jaxreason.train.objectives",
     "jaxreason.studies.mechprobe.objectives",
     "jaxreason.studies.planning_tokens.objective",
+    "jaxreason.studies.kv_transplant.transplant",
 ))
