@@ -131,3 +131,13 @@ def transformer_flops(n_matmul_params: int, tokens: int, layers: int = 0, width:
     included), plus the causal attention products, 2 * 2 * T/2 * D per token and layer."""
     per_token = 2 * n_matmul_params + 2 * layers * seq * width
     return per_token * tokens * (3 if train else 1)
+
+
+def matmul_params(params, tied_unembedding: bool, vocab: int, width: int) -> int:
+    """Weights that take part in a matrix product per token: every ``kernel`` leaf (stacked
+    layer layouts included), plus the unembedding when it is the tied embedding table."""
+    import jax
+
+    n = sum(int(v.size) for k, v in jax.tree_util.tree_leaves_with_path(params)
+            if "kernel" in jax.tree_util.keystr(k))
+    return n + (vocab * width if tied_unembedding else 0)
