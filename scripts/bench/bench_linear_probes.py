@@ -29,8 +29,8 @@ positions' features from memory at every iteration, which made it 0.37-0.58x as 
 scikit-learn. "cpu s" is the process CPU time of the fit, the fairer figure when other
 processes compete for the cores. For sgd the script also prints the FLOP rate the fit reached
 (4 N d C per probe and step: the logits' and the weight gradient's products) against the
-matrix-product rate of the machine measured in the same run (:mod:`bench_util`). The accuracy columns score every variant on held-out rows with the same
-:func:`probe_accuracy` (missing positions count as wrong), to show that they fit the same
+matrix-product rate of the machine measured in the same run (:mod:`bench_util`). The
+accuracy columns score every variant on held-out rows with the same :func:`probe_accuracy` (missing positions count as wrong), to show that they fit the same
 thing; "max |dacc|" is the largest per-probe accuracy difference from the vmapped fit.
 
 Data (synthetic, seed 0): y (N, J) uniform over 0..9; X standard normal, plus at positions

@@ -70,7 +70,8 @@ def cpu_description() -> dict:
 def cpu_line() -> str:
     """One printable line: the CPU model, its usable cores and vector extensions."""
     d = cpu_description()
-    return f"CPU: {d['model']}, {d['cores']} cores, vector extensions: {' '.join(d['vector']) or '?'}"
+    vector = " ".join(d["vector"]) or "?"
+    return f"CPU: {d['model']}, {d['cores']} cores, vector extensions: {vector}"
 
 
 def _median_seconds(fn, repeats: int) -> float:

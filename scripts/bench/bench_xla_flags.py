@@ -38,6 +38,7 @@ def parse_args():
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--layers", type=int, default=12, help="GPT-2 small has 12")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--out", default=None, help="write the results as JSON to this path")
@@ -55,7 +56,9 @@ def worker(a) -> None:
     from jaxreason.models import GPT2Config, from_config
     from jaxreason.train import objectives
 
-    model, params = from_config(GPT2Config(), seed=0)
+    cfg = GPT2Config(vocab_size=50257, hidden_size=768, num_layers=a.layers, num_heads=12,
+                     intermediate_size=3072, max_position_embeddings=1024)
+    model, params = from_config(cfg, seed=0)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (a.batch, a.seq),
                                             dtype=np.int32)
     batch = {"tokens": jnp.asarray(ids), "attention_mask": jnp.ones_like(jnp.asarray(ids)),
@@ -95,7 +98,8 @@ def main():
     bad = set(names) - set(SETTINGS)
     if bad:
         sys.exit(f"--settings: unknown {sorted(bad)}; choose from {list(SETTINGS)}")
-    print(f"{cpu_line()}\nGPT-2 small (random), fp32, batch {a.batch} x {a.seq}; "
+    print(f"{cpu_line()}\nGPT-2 small shape, {a.layers} layers (random), fp32, batch "
+          f"{a.batch} x {a.seq}; "
           f"{a.rounds} rounds, median of {a.repeats} calls per worker; load average "
           f"{os.getloadavg()[0]:.1f}")
     results = {n: [] for n in names}
@@ -107,7 +111,7 @@ def main():
                                                   + SETTINGS[n]).strip(), JAX_PLATFORMS="cpu")
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", n, "--logits", ref,
                        "--batch", str(a.batch), "--seq", str(a.seq), "--repeats",
-                       str(a.repeats)]
+                       str(a.repeats), "--layers", str(a.layers)]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
                 if proc.returncode != 0:
                     print(f"{n}: FAILED\n{proc.stderr[-2000:]}")

@@ -243,8 +243,8 @@ def main():
                 continue
             for name, m in res["models"].items():
                 for r, v in m["rows"].items():
-                    add(f"{name} {r}", v["jax_tok_s"], "tok/s", f"transformers {v['torch_tok_s']:.0f}",
-                        note=f"ratio {v['ratio']:.2f}x")
+                    add(f"{name} {r}", v["jax_tok_s"], "tok/s",
+                        f"transformers {v['torch_tok_s']:.0f}", note=f"ratio {v['ratio']:.2f}x")
                 add(f"{name} capture overhead", 100 * m["capture_overhead"]["jax"], "%",
                     f"transformers {100 * m['capture_overhead']['torch']:+.1f}%")
         elif row == "mfu":
