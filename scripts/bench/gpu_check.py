@@ -284,7 +284,7 @@ def main():
                         f"max |diff| {r['max_abs_diff']:.1e}, shape BTHE {res['shape']}")
         elif row == "probes":
             args = (["--quick", "--positions", "6"] if a.dry_run else
-                    ["--n", "4000", "--d", "1024", "--steps", "2000", "--loop-positions", "2"])
+                    ["--n", "4000", "--d", "1024", "--steps", "2000", "--loop-positions", "1"])
             res, why = _script(a, ["bench_linear_probes.py", *args], limit(row))
             if res is None:
                 fail(row, why)
