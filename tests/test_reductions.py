@@ -173,14 +173,14 @@ def test_generate_zero_fills_reductions_after_eos(lm, generated):
     capture, free = generated
     eos = np.unique(np.asarray(free.generated[:, 0])).tolist()
     out = generate(model, params, ids, mask, max_new_tokens=N_NEW, capture=capture,
-                   eos_token_id=eos)
+                   eos_token_id=eos, steps_per_call=4)
     for key in ("indices", "scores"):
         got = np.asarray(out.captured["blocks.0.mlp.hook_post"][key])
         want = np.asarray(free.captured["blocks.0.mlp.hook_post"][key])
         assert got.shape == want.shape == (B, 1 + N_NEW, K)
         # the prompt slot and the first token's step are the same as without EOS
         np.testing.assert_array_equal(got[:, :2], want[:, :2])
-        assert not got[:, 1 + 4:].any()  # the loop checks for EOS every 4 steps
+        assert not got[:, 1 + 4:].any()  # the host checks for EOS after every 4-step call
         assert want[:, 1 + 4:].any()
 
 

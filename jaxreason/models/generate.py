@@ -1,8 +1,13 @@
 """KV-cache generation with capture and interventions.
 
-A jitted prefill writes the prompt into the cache, then a jitted one-token step decodes;
-the Python loop between them shows a progress bar and stops once every row has hit EOS.
-Both functions are compiled once per (model, capture request, sampling settings) and reused.
+A jitted prefill writes the prompt into the cache, then a jitted chunk of decoding steps (a
+``lax.fori_loop`` over one-token steps, ``steps_per_call`` of them) decodes; the Python loop
+between chunks shows a progress bar and stops once every row has hit EOS. Keeping the
+per-token work (padding finished rows, recording tokens and captures, sampling, the EOS test)
+inside the compiled chunk means the host is not in the loop of every token, which is what
+bounds a small model on a GPU. Both programs are compiled once per (model, capture request,
+sampling settings) and reused; the number of steps in a chunk is traced, so the last, shorter
+chunk reuses the program too.
 
 Prompts are left-padded (right-padded prompts are re-aligned for you), so every row's next
 token sits in the same slot. A prompt prefix shared by the whole batch (a few-shot prompt,
@@ -41,6 +46,9 @@ from jaxreason.models.lm import CausalLM
 from jaxreason.reductions import Reduction
 from jaxreason.runtime_checks import raise_if_failed
 from jaxreason.sharding import batch_sharding, replicated
+
+
+DEFAULT_STEPS_PER_CALL = 16  # decoding steps per compiled call (see generate's steps_per_call)
 
 
 @struct.dataclass
@@ -124,15 +132,60 @@ def _sample(logits, key, temperature: float, top_p: float):
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "capture_key", "temperature", "top_p"),
-                   donate_argnames=("cache",))
-def _step(model: CausalLM, params, cache, token, live, interventions, key, capture_key,
-          capture_requests, temperature, top_p):
+def _decode_step(model: CausalLM, params, cache, token, live, interventions, key, capture_key,
+                 capture_requests, temperature, top_p):
     out = model.apply(params, token[:, None], live[:, None].astype(jnp.int32), cache=cache,
                       capture=dict(zip(capture_key, capture_requests)) or None,
                       interventions=interventions)
     nxt = _sample(out.logits[:, -1], key, temperature, top_p)
     return nxt, out.cache, out.captured
+
+
+@functools.partial(jax.jit, static_argnames=("model", "capture_key", "temperature", "top_p",
+                                             "chunk"),
+                   donate_argnames=("cache",))
+def _decode_chunk(model: CausalLM, params, cache, token, live, key, steps, eos, pad_token_id,
+                  interventions, capture_key, capture_requests, temperature, top_p, chunk):
+    """``steps`` (<= ``chunk``, traced) decoding steps in one program, so the host is not
+    involved between them. Each step pads finished rows, records the token and whether its
+    row was live, feeds the token back (which records its activations when capturing and
+    samples the next one) and retires rows that just produced an EOS.
+
+    Returns (next token, live, key, cache, tokens (chunk, B), lives (chunk, B), captured: per
+    hook, every leaf stacked on a leading (chunk,) axis); slots from ``steps`` on are zeros.
+    """
+    def one(cache, token, live, key):
+        return _decode_step(model, params, cache, token, live, interventions, key, capture_key,
+                            capture_requests, temperature, top_p)
+
+    shapes = jax.eval_shape(one, cache, token, live, key)[2]
+    zeros = lambda a: jnp.zeros((chunk, *a.shape), a.dtype)  # noqa: E731
+    buffers = (jnp.zeros((chunk, *token.shape), jnp.int32), jnp.zeros((chunk, *live.shape), bool),
+               jax.tree_util.tree_map(zeros, shapes))
+
+    def body(i, carry):
+        token, live, key, cache, (toks, lives, caps) = carry
+        token = jnp.where(live, token, pad_token_id)
+        toks, lives = toks.at[i].set(token), lives.at[i].set(live)
+        key, sub = jax.random.split(key)
+        nxt, cache, captured = one(cache, token, live, sub)
+        caps = jax.tree_util.tree_map(lambda b, v: b.at[i].set(v), caps, captured)
+        live = live & ~jnp.isin(token, eos)
+        return nxt, live, key, cache, (toks, lives, caps)
+
+    token, live, key, cache, (toks, lives, caps) = jax.lax.fori_loop(
+        0, steps, body, (token, live, key, cache, buffers))
+    return token, live, key, cache, toks, lives, caps
+
+
+def _steps_to_positions(stacked, steps: int, axis: int):
+    """A chunk's stacked captures (chunk, ..., 1 at ``axis``, ...) -> the first ``steps`` of
+    them laid along ``axis``, as the prefill lays its positions."""
+    def one(leaf):
+        x = jnp.moveaxis(leaf[:steps], 0, axis + 1)  # (..., 1, steps, ...)
+        shape = x.shape[:axis] + (steps,) + x.shape[axis + 2:]
+        return x.reshape(shape)
+    return jax.tree_util.tree_map(one, stacked)
 
 
 def _shard_rows(tree, batch: int, mesh):
@@ -144,13 +197,15 @@ def _shard_rows(tree, batch: int, mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
-def _all_stopped(live, tokens, eos_token_id, stop_when) -> bool:
-    """Whether every row has hit EOS or is finished by ``stop_when`` (a host sync)."""
+def _all_stopped(live, token_chunks, eos_token_id, stop_when) -> bool:
+    """Whether every row has hit EOS or is finished by ``stop_when`` (a host sync).
+    ``token_chunks``: the (steps, B) tokens of each decoded chunk so far."""
     if eos_token_id is None and stop_when is None:
         return False
     done = ~np.asarray(live)
     if stop_when is not None and not done.all():
-        done |= np.asarray(stop_when(np.asarray(jnp.stack(tokens, axis=1))), bool)
+        tokens = np.concatenate([np.asarray(t) for t in token_chunks], axis=0).T
+        done |= np.asarray(stop_when(tokens), bool)
     return bool(done.all())
 
 
@@ -214,7 +269,8 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
              interventions=None, intervene_on: str = "prefill", prefix: KVCache | None = None,
              progress: bool = False, mesh=None,
              stop_when: Callable[[np.ndarray], np.ndarray] | None = None,
-             params_for_call: Callable[[int], Any] | None = None) -> GenerateOutput:
+             params_for_call: Callable[[int], Any] | None = None,
+             steps_per_call: int = DEFAULT_STEPS_PER_CALL) -> GenerateOutput:
     """Decode up to ``max_new_tokens`` per row with a KV cache.
 
     Args:
@@ -229,7 +285,7 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
       interventions: hook specs; applied during the prefill only, or at every step too when
         ``intervene_on="all"``.
       prefix: a batch-1 cache from :func:`prefill_prefix` that every row continues from.
-      progress: show a progress bar over decoding steps.
+      progress: show a progress bar over decoding steps (advanced once per chunk).
       mesh: a ``jax.sharding.Mesh``; rows (prompts, cache, captures) are split over its
         ``data``/``fsdp`` axes for data-parallel decoding. Place ``params`` with
         ``jaxreason.sharding.model_shardings`` first. The batch must divide those axes.
@@ -241,11 +297,19 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
       params_for_call: weights that change while decoding (the cumulative value-vector
         corruption of Rai & Yao, 2024): ``params_for_call(n)`` gives the parameters of forward
         call ``n`` (0 the prefill, n the n-th decoding step), in place of ``params``. They must
-        keep the structure, shapes and dtypes of ``params`` (then nothing recompiles).
+        keep the structure, shapes and dtypes of ``params`` (then nothing recompiles). With
+        it, every compiled call decodes one step (``steps_per_call`` is taken as 1).
+      steps_per_call: decoding steps run in one compiled call (a ``lax.fori_loop``) before
+        the host looks again (progress bar, EOS and ``stop_when`` checks). Larger means fewer
+        host round trips (what bounds small models on a GPU), at up to this many steps
+        decoded past the point where every row had stopped.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
             or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, (int, np.integer)) \
+            or steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be an int >= 1, got {steps_per_call!r}")
     if intervene_on not in ("prefill", "all"):
         raise ValueError(f"intervene_on={intervene_on!r}; allowed: 'prefill', 'all'")
     if not 0.0 < top_p <= 1.0 or temperature < 0.0:
@@ -280,45 +344,45 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
         ids_in, mask_in, cache = _shard_rows((ids_in, mask_in, cache), b, mesh)
 
     weights = (lambda n: params) if params_for_call is None else params_for_call  # noqa: E731
+    if params_for_call is not None:  # new weights for every call: one step per call
+        steps_per_call = 1
     last_logits, cache, captured = _prefill(model, weights(0), cache, ids_in, mask_in,
                                             interventions, capture_key, prefill_requests)
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
     token = _sample(last_logits, sub, temperature, top_p)
     live = jnp.ones((b,), bool)
+    requests = make_plan(cap, None, model.hook_names).capture
+    axes = {name: captured_position_axis(name, requests[name]) for name in captured}
     pieces = {n: [v] for n, v in captured.items()}
-    tokens, lives = [], []
+    token_chunks, live_chunks = [], []
     bar = tqdm(total=max_new_tokens, desc="generating", disable=not progress, leave=False)
-    for n in range(max_new_tokens):
-        token = jnp.where(live, token, pad_token_id)
-        tokens.append(token)
-        lives.append(live)
-        live = live & ~jnp.isin(token, eos)
-        bar.update(1)
-        last = n == max_new_tokens - 1 or (n % 4 == 3 and _all_stopped(live, tokens, eos_token_id,
-                                                                     stop_when))
-        if last and not capture_key:
-            break
-        # feed the token back: this decodes the next one and, when capturing, records the
-        # activations of this token, so captures line up with `tokens` slot for slot
-        key, sub = jax.random.split(key)
-        token, cache, captured = _step(model, weights(n + 1), cache, token, lives[-1],
-                                       step_edits, sub, capture_key, step_requests,
-                                       temperature, top_p)
-        for name, v in captured.items():
-            pieces[name].append(v)
-        if last:
+    done = 0
+    while done < max_new_tokens:
+        steps = min(steps_per_call, max_new_tokens - done)
+        # the last fed token's step is wasted when nothing is captured (its sample is
+        # dropped); running it keeps one program for every chunk
+        token, live, key, cache, toks, lives, caps = _decode_chunk(
+            model, weights(done + 1), cache, token, live, key, jnp.asarray(steps, jnp.int32), eos,
+            jnp.asarray(pad_token_id, jnp.int32), step_edits, capture_key, step_requests,
+            temperature, top_p, steps_per_call)
+        token_chunks.append(toks[:steps])
+        live_chunks.append(lives[:steps])
+        for name, v in caps.items():
+            pieces[name].append(_steps_to_positions(v, steps, axes[name]))
+        done += steps
+        bar.update(steps)
+        if done < max_new_tokens and _all_stopped(live, token_chunks, eos_token_id, stop_when):
             break
     bar.close()
-    generated = jnp.stack(tokens, axis=1)
-    n_gen = jnp.stack(lives, axis=1).sum(1)
+    generated = jnp.concatenate(token_chunks, axis=0).T
+    n_gen = jnp.concatenate(live_chunks, axis=0).sum(0)
     steps = generated.shape[1]
     if steps < max_new_tokens:  # stopped early: pad to the requested width
         generated = jnp.pad(generated, ((0, 0), (0, max_new_tokens - steps)),
                             constant_values=pad_token_id)
-    requests = make_plan(cap, None, model.hook_names).capture
-    out_captured = {name: _join_steps(parts, captured_position_axis(name, requests[name]),
-                                      max_new_tokens) for name, parts in pieces.items()}
+    out_captured = {name: _join_steps(parts, axes[name], max_new_tokens)
+                    for name, parts in pieces.items()}
     return GenerateOutput(tokens=jnp.concatenate([jnp.asarray(ids), generated], axis=1),
                           prompt_mask=jnp.asarray(mask), generated=generated,
                           num_generated=n_gen, captured=out_captured, capture_start=start)

@@ -2,10 +2,11 @@
 
 One 10-way affine probe is fitted per (position p, intermediate variable j) of a layer. The
 original trains them one after another in PyTorch. Here all P*J probes of a layer train in a
-single jitted program: ``jax.vmap`` over variables (which share the features) inside
-``jax.vmap`` over positions (which maps the position axis of X). No per-probe copy of X is
-made; ``position_chunk`` bounds device memory further by fitting a slice of positions at a
-time.
+single jitted program: ``jax.vmap`` over variables (which share the features) inside a map
+over positions (which maps the position axis of X): on an accelerator all positions are
+vmapped together, on a CPU they run one after another inside the program (``lockstep``, see
+:func:`default_lockstep`). No per-probe copy of X is made; ``position_chunk`` bounds device
+memory further by fitting a slice of positions per call.
 
 Two kinds (:class:`ProbeSettings.kind`):
 
@@ -24,8 +25,8 @@ Two kinds (:class:`ProbeSettings.kind`):
   ``mean CE + l2/2 * ||W||^2`` (bias not penalised) from zero with L-BFGS. L-BFGS because it
   reaches the unique optimum in tens of iterations with no learning rate to tune, which
   full-batch Adam or GD does not guarantee on ill-conditioned hidden states. It is a small
-  batching-friendly L-BFGS written here rather than ``optax.lbfgs`` (see :func:`_logreg_one`
-  for why), and stops once ``||grad|| <= logreg_tol`` or after ``logreg_steps`` iterations.
+  batching-friendly L-BFGS (:mod:`jaxreason.probe.lbfgs`, which says why not
+  ``optax.lbfgs``), and stops once ``||grad|| <= logreg_tol`` or after ``logreg_steps`` iterations.
   This is the objective of scikit-learn's ``LogisticRegression`` with
   ``C = 1 / (l2 * n_valid)``; the test checks that both reach the same weights.
 
@@ -44,6 +45,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxreason.probe import lbfgs
+from jaxreason.probe.lbfgs import cross_entropy_and_grad
 
 __all__ = ["ProbeSettings", "LinearProbes", "fit_probes", "fit_probe_loop", "probe_accuracy",
            "chance_accuracy"]
@@ -196,16 +200,6 @@ def _host_features(X, valid, sl) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- one probe
-def _mean_ce(W, b, x, w, y, denom):
-    """Cross-entropy of the affine probe averaged over rows with weight w (0 or 1)."""
-    logits = x @ W + b
-    # a one-hot product rather than take_along_axis: its gradient is a dense subtraction, not
-    # a scatter-add, which matters inside a 10,000-step loop
-    gold = jnp.sum(jax.nn.one_hot(y, W.shape[-1], dtype=logits.dtype) * logits, -1)
-    nll = jax.nn.logsumexp(logits, -1) - gold
-    return jnp.sum(w * nll) / denom
-
-
 def _torch_linear_init(seed, p, j, *, d: int, c: int):
     """nn.Linear's default init, U(-1/sqrt(d), 1/sqrt(d)) for weights and bias, from a key
     that depends only on (seed, p, j)."""
@@ -235,12 +229,12 @@ def _init_jit():
 
 def _sgd_one(x, w, y, W, b, lr, steps):
     """One faithful probe: (N, d) raw features, (N,) row weights, (N,) labels, initial (W, b)
-    -> (W, b) after ``steps`` full-batch GD steps."""
+    -> (W, b) after ``steps`` full-batch GD steps on the mean cross-entropy."""
     denom = jnp.maximum(jnp.sum(w), 1.0)
-    grad = jax.grad(_mean_ce, argnums=(0, 1))
+    xT, onehotT = x.T, jax.nn.one_hot(y, W.shape[-1], dtype=jnp.float32).T
 
     def step(_, wb):
-        gW, gb = grad(*wb, x, w, y, denom)
+        _, gW, gb = cross_entropy_and_grad(*wb, xT, w, onehotT, denom)
         return wb[0] - lr * gW, wb[1] - lr * gb
 
     return jax.lax.fori_loop(0, steps, step, (W, b))
@@ -259,132 +253,72 @@ def _standardise(x, w):
     return xs, mean, scale
 
 
-_LBFGS_MEMORY = 10      # curvature pairs kept
-_ARMIJO_C1 = 1e-4       # sufficient-decrease constant of the backtracking line search
-_MAX_HALVINGS = 25      # a step of 2**-25 that still fails means float32 can do no better
-_APPROX_WOLFE = -0.8    # 2*delta - 1 with Hager-Zhang's delta = 0.1
-_F_EPS = 1e-6           # relative slack on the loss for the approximate-Wolfe test
-
-
-def _two_loop(g, S, Y, rho):
-    """L-BFGS direction -H g by the two-loop recursion. S, Y (m, n) hold the pairs newest
-    first; an empty slot has rho 0 and then contributes nothing."""
-    def backward(i, carry):
-        q, alpha = carry
-        a = rho[i] * (S[i] @ q)
-        return q - a * Y[i], alpha.at[i].set(a)
-
-    q, alpha = jax.lax.fori_loop(0, S.shape[0], backward, (g, jnp.zeros(S.shape[0], g.dtype)))
-    yy = Y[0] @ Y[0]
-    # initial Hessian scale: s'y / y'y of the newest pair; before any pair, a step of norm <= 1
-    gamma = jnp.where(rho[0] > 0, (S[0] @ Y[0]) / jnp.where(yy > 0, yy, 1.0),
-                      1.0 / jnp.maximum(jnp.linalg.norm(g), 1.0))
-    r = gamma * q
-
-    def forward(k, r):
-        i = S.shape[0] - 1 - k  # oldest first
-        return r + S[i] * (alpha[i] - rho[i] * (Y[i] @ r))
-
-    return -jax.lax.fori_loop(0, S.shape[0], forward, r)
-
-
 def _logreg_one(xs, w, y, l2, tol, steps, *, num_classes: int):
-    """One control probe on standardised features: minimise mean CE + l2/2 ||W||^2 from 0 by
-    L-BFGS (memory 10) with a backtracking line search (unit step first, halved until the
-    Armijo or the approximate-Wolfe test passes), for at most ``steps`` iterations, stopping
-    once ||grad|| <= tol (or when no step passes, i.e. float32 can do no better).
-
-    Why not ``optax.lbfgs``: its zoom line search branches (``lax.cond``) on each probe's own
-    state, and under ``vmap`` every branch is evaluated for every probe, which made the
-    vmapped fit ~4x slower per probe than a loop on CPU. Here a typical iteration costs one
-    loss-and-gradient evaluation (L-BFGS accepts the unit step almost always), batched or not.
-    """
+    """One control probe on standardised (N, d) features: minimise mean CE + l2/2 ||W||^2
+    from 0 by :func:`jaxreason.probe.lbfgs.minimize`, for at most ``steps`` iterations,
+    stopping once ||grad|| <= tol."""
     d, C = xs.shape[-1], num_classes
     denom = jnp.maximum(jnp.sum(w), 1.0)
+    xT, onehotT = xs.T, jax.nn.one_hot(y, C, dtype=jnp.float32).T
 
-    def objective(theta):  # theta = [W.ravel(), b]: flat so the L-BFGS algebra is plain dots
+    def value_and_grad(theta):  # theta = [W.ravel(), b]: flat so the L-BFGS algebra is dots
         W, b = theta[:d * C].reshape(d, C), theta[d * C:]
-        return _mean_ce(W, b, xs, w, y, denom) + 0.5 * l2 * jnp.sum(jnp.square(W))
+        loss, gW, gb = cross_entropy_and_grad(W, b, xT, w, onehotT, denom)
+        loss = loss + 0.5 * l2 * jnp.sum(jnp.square(W))
+        return loss, jnp.concatenate([(gW + l2 * W).ravel(), gb])
 
-    vg = jax.value_and_grad(objective)
-    theta = jnp.zeros(d * C + C, jnp.float32)
-    f, g = vg(theta)
-    m = _LBFGS_MEMORY
-    S = jnp.zeros((m, theta.size), jnp.float32)
-    carry = dict(i=jnp.asarray(0), theta=theta, f=f, g=g, S=S, Y=S, rho=jnp.zeros(m),
-                 stalled=jnp.asarray(False))
-
-    def cond(c):
-        return (c["i"] < steps) & (jnp.linalg.norm(c["g"]) > tol) & ~c["stalled"]
-
-    def body(c):
-        direction = _two_loop(c["g"], c["S"], c["Y"], c["rho"])
-        slope = c["g"] @ direction
-        # a rounding-broken direction that is not downhill falls back to steepest descent
-        direction = jnp.where(slope < 0, direction, -c["g"])
-        slope = jnp.where(slope < 0, slope, -(c["g"] @ c["g"]))
-
-        def accept(t, f_new, g_new):
-            # Near the optimum the loss changes by less than float32 can show, so Armijo
-            # alone stalls. Hager-Zhang's approximate Wolfe test uses the (still exact
-            # enough) slope instead: phi'(t) <= (2 delta - 1) phi'(0), with phi(t) <= phi(0)
-            # up to rounding. A NaN loss fails both tests and is halved.
-            armijo = f_new <= c["f"] + _ARMIJO_C1 * t * slope
-            approx = ((g_new @ direction <= _APPROX_WOLFE * slope)
-                      & (f_new <= c["f"] + _F_EPS * jnp.abs(c["f"])))
-            return armijo | approx
-
-        def rejected(ls):
-            t, f_new, g_new, n = ls
-            return ~accept(t, f_new, g_new) & (n < _MAX_HALVINGS)
-
-        def halve(ls):
-            t = ls[0] * 0.5
-            return (t, *vg(c["theta"] + t * direction), ls[3] + 1)
-
-        t, f_new, g_new, _ = jax.lax.while_loop(
-            rejected, halve, (jnp.asarray(1.0), *vg(c["theta"] + direction), 0))
-        ok = accept(t, f_new, g_new)
-        s, yv = t * direction, g_new - c["g"]
-        sy = s @ yv
-        keep = ok & (sy > 1e-10)  # strictly convex for l2 > 0, so this holds unless rounding
-        new = dict(
-            i=c["i"] + 1,
-            theta=jnp.where(ok, c["theta"] + s, c["theta"]),
-            f=jnp.where(ok, f_new, c["f"]), g=jnp.where(ok, g_new, c["g"]),
-            S=jnp.where(keep, jnp.roll(c["S"], 1, 0).at[0].set(s), c["S"]),
-            Y=jnp.where(keep, jnp.roll(c["Y"], 1, 0).at[0].set(yv), c["Y"]),
-            rho=jnp.where(keep, jnp.roll(c["rho"], 1).at[0].set(1.0 / sy), c["rho"]),
-            stalled=~ok)
-        return new
-
-    theta = jax.lax.while_loop(cond, body, carry)["theta"]
+    theta, _ = lbfgs.minimize(value_and_grad, jnp.zeros(d * C + C, jnp.float32), tol, steps)
     return theta[:d * C].reshape(d, C), theta[d * C:]
 
 
 # ----------------------------------------------------------------------------- all probes
-@jax.jit
-def _sgd_all(x, w, yT, W, b, lr, steps):
+def _over_positions(fn, args, lockstep: int | None):
+    """Apply ``fn`` to every position of ``args`` (leading axis Pc): ``lockstep`` positions at
+    a time run as one vmapped batch and the batches run one after another (``lax.map``);
+    None runs all at once (one vmap)."""
+    pc = jax.tree_util.tree_leaves(args)[0].shape[0]
+    if lockstep is None or lockstep >= pc:
+        return jax.vmap(fn)(args)
+    if lockstep == 1:  # a vmap of size 1 around the probe's loops costs layout copies
+        return jax.lax.map(fn, args)
+    return jax.lax.map(fn, args, batch_size=lockstep)
+
+
+@functools.partial(jax.jit, static_argnames=("lockstep",))
+def _sgd_all(x, w, yT, W, b, lr, steps, *, lockstep=None):
     """x (Pc, N, d), w (Pc, N), yT (J, N), initial W (Pc, J, d, C) and b (Pc, J, C) -> fitted
-    (W, b). The outer vmap maps the position axis; the inner one shares x among the J
-    variables, so no per-probe copy of the features exists."""
+    (W, b). Positions map axis 0; the J variables of a position are vmapped over the same
+    features, so no per-probe copy of them exists."""
     over_j = jax.vmap(_sgd_one, in_axes=(None, None, 0, 0, 0, None, None))
-    over_pj = jax.vmap(over_j, in_axes=(0, 0, None, 0, 0, None, None))
-    return over_pj(x, w, yT, W, b, lr, steps)
+
+    def position(a):
+        return over_j(a[0], a[1], yT, a[2], a[3], lr, steps)
+
+    return _over_positions(position, (x, w, W, b), lockstep)
 
 
-def _logreg_position(x, w, yT, l2, tol, steps, *, num_classes):
-    xs, mean, scale = _standardise(x, w)
-    one = functools.partial(_logreg_one, num_classes=num_classes)
-    W, b = jax.vmap(one, in_axes=(None, None, 0, None, None, None))(xs, w, yT, l2, tol, steps)
-    return W, b, mean, scale
-
-
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def _logreg_all(x, w, yT, l2, tol, steps, *, num_classes):
+@functools.partial(jax.jit, static_argnames=("num_classes", "lockstep"))
+def _logreg_all(x, w, yT, l2, tol, steps, *, num_classes, lockstep=None):
     """x (Pc, N, d), w (Pc, N), yT (J, N) -> W (Pc, J, d, C), b, mean (Pc, d), scale."""
-    fn = functools.partial(_logreg_position, num_classes=num_classes)
-    return jax.vmap(fn, in_axes=(0, 0, None, None, None, None))(x, w, yT, l2, tol, steps)
+    one = functools.partial(_logreg_one, num_classes=num_classes)
+    over_j = jax.vmap(one, in_axes=(None, None, 0, None, None, None))
+
+    def position(a):
+        xs, mean, scale = _standardise(*a)
+        W, b = over_j(xs, a[1], yT, l2, tol, steps)
+        return W, b, mean, scale
+
+    return _over_positions(position, (x, w), lockstep)
+
+
+def default_lockstep() -> int | None:
+    """How many positions :func:`fit_probes` runs in lockstep by default: all of them on an
+    accelerator, where one wide program keeps the device busy; one at a time on a CPU. On a
+    CPU a wide batch loses twice: every lockstep batch iterates until its slowest probe has
+    converged (logreg: 11 to 43 L-BFGS iterations with the benchmark's data), and the
+    features of all positions no longer fit the caches, so each iteration streams them from
+    memory, while one position's (N, d) block stays cached for all of its iterations."""
+    return 1 if jax.default_backend() == "cpu" else None
 
 
 def _prepare(X, y, valid, settings):
@@ -397,7 +331,8 @@ def _prepare(X, y, valid, settings):
 
 
 def fit_probes(X, y, valid=None, settings: ProbeSettings = ProbeSettings(), *,
-               position_chunk: int | None = None) -> LinearProbes:
+               position_chunk: int | None = None,
+               lockstep: int | None | str = "auto") -> LinearProbes:
     """Fit all P*J probes of one layer at once (vmapped, jitted, full batch).
 
     X (N, P, d) hidden states (any float dtype, cast to float32 a chunk at a time); y (N, J)
@@ -406,9 +341,17 @@ def fit_probes(X, y, valid=None, settings: ProbeSettings = ProbeSettings(), *,
     memory (the result does not depend on it). Per call the device holds the (chunk, N, d)
     float32 features once for sgd and twice for logreg (raw and standardised), and the
     host one float32 copy of the chunk: e.g. N=10,000, d=4096 is 164 MB per position.
+    ``lockstep``: how many positions of a chunk are vmapped together (the rest run one batch
+    after another inside the same program); None for all, ``"auto"`` for
+    :func:`default_lockstep`. It changes the speed only, not the probes.
     """
     X, y, valid = _prepare(X, y, valid, settings)
     s = settings
+    if lockstep == "auto":
+        lockstep = default_lockstep()
+    if lockstep is not None and (isinstance(lockstep, bool) or
+                                 not isinstance(lockstep, (int, np.integer)) or lockstep < 1):
+        raise ValueError(f"lockstep={lockstep!r}; must be None, 'auto' or an integer >= 1")
     yT = jnp.asarray(y.T)
     J = y.shape[1]
     parts = []
@@ -418,10 +361,10 @@ def fit_probes(X, y, valid=None, settings: ProbeSettings = ProbeSettings(), *,
         if s.kind == "sgd":
             W0, b0 = _init_jit()(s.seed, jnp.arange(sl.start, sl.stop), jnp.arange(J),
                                  d=X.shape[2], num_classes=s.num_classes)
-            out = _sgd_all(x, w, yT, W0, b0, s.lr, s.steps)
+            out = _sgd_all(x, w, yT, W0, b0, s.lr, s.steps, lockstep=lockstep)
         else:
             out = _logreg_all(x, w, yT, s.l2, s.logreg_tol, s.logreg_steps,
-                              num_classes=s.num_classes)
+                              num_classes=s.num_classes, lockstep=lockstep)
         parts.append([np.asarray(a) for a in out])
         del x
     cat = [np.concatenate(a, axis=0) for a in zip(*parts)]

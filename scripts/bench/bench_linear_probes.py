@@ -21,13 +21,16 @@ original's 10,000 take minutes per layer on a CPU, and the time is linear in the
 separately by a warm-up call (1 step; the step count is a traced argument, so the timed
 call reuses the compiled program) and is not in the fit time. ratio = loop (or sklearn)
 fit time / vmap fit time (>1: vmap is faster). "cores" = process CPU time / wall time. The
-vmapped fit is one program for all probes. On a GPU it should replace P*J sequences of small
-kernel launches by one (not yet measured here); on a CPU the gain is bounded by the cores'
-FLOPs (sgd: ~1.5x on 2 cores). For logreg on a CPU the vmapped fit can be slower than the
-loop: a batched ``while_loop`` runs every probe until the slowest one converges (with the
-default data, 11 to 43 L-BFGS iterations, mean ~22), and the loop stops each probe at its
-own count. The accuracy columns score every variant on held-out rows with the same
-:func:`probe_accuracy` (missing positions count as wrong), to show that they fit the same
+vmapped fit is one program for all probes. On a CPU it runs the positions one after
+another inside that program (``lockstep`` 1, the default there; ``--lockstep`` changes it):
+vmapping all positions together made every batch iterate until its slowest probe converged
+(logreg: 11 to 43 L-BFGS iterations with the default data, mean ~21) and streamed all
+positions' features from memory at every iteration, which made it 0.37-0.58x as fast as
+scikit-learn. "cpu s" is the process CPU time of the fit, the fairer figure when other
+processes compete for the cores. For sgd the script also prints the FLOP rate the fit reached
+(4 N d C per probe and step: the logits' and the weight gradient's products) against the
+matrix-product rate of the machine measured in the same run (:mod:`bench_util`). The
+accuracy columns score every variant on held-out rows with the same :func:`probe_accuracy` (missing positions count as wrong), to show that they fit the same
 thing; "max |dacc|" is the largest per-probe accuracy difference from the vmapped fit.
 
 Data (synthetic, seed 0): y (N, J) uniform over 0..9; X standard normal, plus at positions
@@ -57,7 +60,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from bench_util import own_cpu_seconds
+from bench_util import cpu_line, limits_line, machine_limits, matmul_gflops, own_cpu_seconds
 from jaxreason.probe import linear as lp
 
 
@@ -81,8 +84,15 @@ def parse_args():
     p.add_argument("--no-sklearn", action="store_true", help="skip the sklearn row")
     p.add_argument("--sklearn-threads", type=int, default=1,
                    help="BLAS/OpenMP threads for sklearn (default 1; 0 = library default)")
+    p.add_argument("--lockstep", default="auto",
+                   help="positions vmapped together in the vmapped fit: 'auto' (1 on a CPU, all "
+                        "elsewhere), 'all', or a number")
     p.add_argument("--out", default=None, help="write the results as JSON to this path")
     a = p.parse_args()
+    if a.lockstep not in ("auto", "all"):
+        a.lockstep = int(a.lockstep)
+    elif a.lockstep == "all":
+        a.lockstep = None
     a.n = a.n or (1000 if a.quick else 2000)
     a.d = a.d or (64 if a.quick else 128)
     a.steps = a.steps if a.steps is not None else (200 if a.quick else 1000)
@@ -100,6 +110,13 @@ def timed(fn):
     out = fn()
     wall = time.perf_counter() - t0
     return out, wall, (own_cpu_seconds() - c0) / max(wall, 1e-9)
+
+
+def sgd_gflop(X, valid, y, steps: int, C: int = 10) -> float:
+    """GFLOP of the faithful fit: per probe and GD step, the (n, d) @ (d, C) logits and the
+    (d, n) @ (n, C) weight gradient over its n valid rows, 2 n d C each."""
+    d = X.shape[2]
+    return float(valid.sum()) * y.shape[1] * steps * 4 * d * C / 1e9
 
 
 def make_data(n: int, P: int, J: int, d: int, signal: float, seed: int):
@@ -150,9 +167,9 @@ def run_kind(kind: str, a, train, test) -> dict:
     print(f"\n== {kind}: {X.shape[1] * y.shape[1]} probes ({what})", flush=True)
 
     rows = {}
-    _, c_vmap, _ = timed(lambda: lp.fit_probes(X, y, valid, warm))
+    _, c_vmap, _ = timed(lambda: lp.fit_probes(X, y, valid, warm, lockstep=a.lockstep))
     _, c_loop, _ = timed(lambda: lp.fit_probe_loop(X[:, :1], y, valid[:, :1], warm))
-    fast, t, cores = timed(lambda: lp.fit_probes(X, y, valid, s))
+    fast, t, cores = timed(lambda: lp.fit_probes(X, y, valid, s, lockstep=a.lockstep))
     rows["vmap"] = dict(fit_s=t, compile_s=c_vmap, cores=cores, probes=fast)
     print(f"vmap  fit {t:8.2f} s  (compile {c_vmap:.2f} s, {cores:.1f} cores)", flush=True)
     loop, t, cores = timed(lambda: lp.fit_probe_loop(X[:, :K], y, valid[:, :K], s))
@@ -172,11 +189,18 @@ def run_kind(kind: str, a, train, test) -> dict:
         k = r["probes"].weights.shape[0]
         acc = lp.probe_accuracy(r["probes"], Xt[:, :k], yt, vt[:, :k])
         out[name] = dict(fit_s=r["fit_s"], compile_s=r["compile_s"], cores=r["cores"],
+                         cpu_s=r["fit_s"] * r["cores"],
+                         cpu_ratio=r["fit_s"] * r["cores"] / (rows["vmap"]["fit_s"]
+                                                              * rows["vmap"]["cores"]),
                          ms_per_probe=1e3 * r["fit_s"] / acc_fast.size,
                          ratio=r["fit_s"] / rows["vmap"]["fit_s"],
                          mean_acc=float(acc.mean()),
                          max_abs_dacc=float(np.abs(acc - acc_fast[:k]).max()),
                          timed_positions=k)
+    if kind == "sgd":
+        gflop = sgd_gflop(X, valid, y, a.steps)
+        for name in rows:
+            out[name]["gflops"] = gflop / out[name]["fit_s"]
     out["loop"]["max_abs_dweight"] = float(np.abs(loop.weights - fast.weights[:K]).max())
     chance = lp.chance_accuracy(yt)
     out["accuracy_profile"] = dict(chance=chance.tolist(),
@@ -187,8 +211,11 @@ def run_kind(kind: str, a, train, test) -> dict:
 def main():
     a = parse_args()
     load0 = os.getloadavg()[0]
+    limits = machine_limits()
+    limits["probe_shape_gflops"] = matmul_gflops(a.n, a.d, 10)
     print(f"jax {jax.__version__}: backend={jax.default_backend()} devices={jax.devices()}; "
-          f"{os.cpu_count()} CPUs, load average {load0:.1f}\n"
+          f"load average {load0:.1f}\n{cpu_line()}\n{limits_line(limits)}; at the probe's "
+          f"{a.n}x{a.d}x10: {limits['probe_shape_gflops']:.0f} GFLOP/s\n"
           f"layer: N={a.n} train rows (+{a.n // 2} test), P={a.positions} positions, "
           f"J={a.variables} variables, d={a.d}")
     train = make_data(a.n, a.positions, a.variables, a.d, a.signal, seed=0)
@@ -196,7 +223,8 @@ def main():
     res = {kind: run_kind(kind, a, train, test) for kind in a.kinds}
 
     print(f"\n{'kind':7s} {'method':8s} {'fit s':>9s} {'compile s':>10s} {'ms/probe':>9s} "
-          f"{'cores':>6s} {'ratio':>7s} {'mean acc':>9s} {'max |dacc|':>11s}\n" + "-" * 84)
+          f"{'cores':>6s} {'cpu s':>7s} {'ratio':>7s} {'cpu ratio':>9s} {'mean acc':>9s} "
+          f"{'max |dacc|':>11s}\n" + "-" * 102)
     for kind, rows in res.items():
         for name in ("vmap", "loop", "sklearn"):
             if name not in rows:
@@ -206,11 +234,19 @@ def main():
                 f"  (timed on {r['timed_positions']} positions, x{a.positions}/"
                 f"{r['timed_positions']})")
             print(f"{kind:7s} {name:8s} {r['fit_s']:9.2f} {r['compile_s']:10.2f} "
-                  f"{r['ms_per_probe']:9.2f} {r['cores']:6.1f} {r['ratio']:6.2f}x "
+                  f"{r['ms_per_probe']:9.2f} {r['cores']:6.1f} {r['cpu_s']:7.2f} "
+                  f"{r['ratio']:6.2f}x {r['cpu_ratio']:8.2f}x "
                   f"{r['mean_acc']:9.4f} {r['max_abs_dacc']:11.4f}{note}")
+        if "gflops" in rows["vmap"]:
+            print(f"{kind:7s} vmapped fit reached {rows['vmap']['gflops']:.1f} GFLOP/s = "
+                  f"{rows['vmap']['gflops'] / limits['peak_gflops']:.0%} of the measured matmul "
+                  f"peak ({limits['peak_gflops']:.0f}), "
+                  f"{rows['vmap']['gflops'] / limits['probe_shape_gflops']:.0%} of the rate at "
+                  "the probe's own shape")
         print(f"{kind:7s} max |W_loop - W_vmap| = {rows['loop']['max_abs_dweight']:.2e}; "
               f"chance (majority rate) = {np.round(rows['accuracy_profile']['chance'], 3)}")
-    print("ratio = fit time / vmap fit time (>1: the vmapped fit is faster)")
+    print("ratio = fit time / vmap fit time, cpu ratio = the same with CPU seconds "
+          "(>1: the vmapped fit is faster)")
     load1 = os.getloadavg()[0]
     if max(load0, load1) > os.cpu_count() + 0.5:
         print(f"note: load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} CPUs: other "
@@ -221,7 +257,8 @@ def main():
                     positions=a.positions, variables=a.variables, d=a.d, steps=a.steps,
                     lr=a.lr, l2=a.l2, signal=a.signal, quick=a.quick,
                     loop_positions=a.loop_positions, sklearn_threads=a.sklearn_threads,
-                    loadavg_start=load0, loadavg_end=load1)
+                    loadavg_start=load0, loadavg_end=load1, lockstep=a.lockstep,
+                    cpu=cpu_line(), limits=limits)
         with open(a.out, "w") as f:
             json.dump({"meta": meta, **res}, f, indent=2)
         print(f"wrote {a.out}")

@@ -11,6 +11,12 @@ the logits agree, then times, in fp32:
   generate  greedy decoding of N new tokens from a short prompt
             (torch: generate(do_sample=False, min_new_tokens=N); jaxreason: eos_token_id=None)
 
+Each row is also held against the machine's own limits, measured in the same run
+(``bench_util.machine_limits``): the forwards' model FLOP rate (2 per matmul weight and token
+plus causal attention) against XLA's matmul rate at 1024x768x3072 and 2048^3, and
+generation's weight reads (every matmul weight once per decoded token, fp32; the time
+includes the prefill) against the bandwidth of a large reduction.
+
 Every call runs once untimed (compilation, warm-up), then ``--repeats`` times; the median is
 reported. The six calls of a model are timed round-robin, so background load hits them
 alike. Throughput is batch*seq/time for forwards and batch*new/time for generation; "ratio"
@@ -65,7 +71,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from bench_util import machine_cpu_seconds, own_cpu_seconds  # noqa: E402
+from bench_util import (cpu_line, limits_line, machine_cpu_seconds, machine_limits,  # noqa: E402
+                        matmul_params, own_cpu_seconds, transformer_flops)
 from jaxreason.models import count_params, load_pretrained  # noqa: E402
 from jaxreason.models.generate import generate  # noqa: E402
 
@@ -181,6 +188,17 @@ def bench_model(name: str, a, dev: str) -> dict:
                          jax_tok_s=tokens / j_s, ratio=t_s / j_s,
                          torch_times=times[row, "torch"], jax_times=times[row, "jax"])
         print(f"{row:9s} torch {t_s * 1e3:9.1f} ms   jaxreason {j_s * 1e3:9.1f} ms")
+    # against the machine's limits: the forwards' model FLOP rate, decoding's weight reads
+    cfg = model.config
+    tied = getattr(cfg, "tie_word_embeddings", True)
+    n_mm = matmul_params(params, tied, cfg.vocab_size, cfg.hidden_size)
+    fwd_flop = transformer_flops(n_mm, fwd_tokens, cfg.num_layers, cfg.hidden_size, a.seq)
+    weight_bytes = n_mm * 4 * a.new  # every weight read once per decoding step (fp32)
+    for row in ("forward", "capture"):
+        for fw in ("torch", "jax"):
+            rows[row][f"{fw}_gflops"] = fwd_flop / rows[row][f"{fw}_s"] / 1e9
+    for fw in ("torch", "jax"):
+        rows["generate"][f"{fw}_weight_gbs"] = weight_bytes / rows["generate"][f"{fw}_s"] / 1e9
     agree = float((warm["generate", "torch"] == warm["generate", "jax"]).mean())
     rows["generate"]["token_agreement"] = agree
     del warm
@@ -201,19 +219,30 @@ def main():
           f"transformers {transformers.__version__}")
     print(f"fp32; forward batch {args.batch} x {args.seq}; generate batch {args.batch}, "
           f"prompt {args.prompt}, {args.new} new tokens; median of {args.repeats}")
+    print(cpu_line())
+    limits = machine_limits()
+    print(limits_line(limits))
     (machine0, own0), wall0 = cpu_seconds(), time.perf_counter()
     results = {name: bench_model(name, args, dev) for name in args.models}
     (machine1, own1), wall = cpu_seconds(), time.perf_counter() - wall0
     others = None if machine0 is None else max(0.0, (machine1 - machine0 - own1 + own0) / wall)
 
-    head = f"{'model':6s} {'row':9s} {'torch tok/s':>12s} {'jaxreason tok/s':>16s} {'ratio':>7s}"
+    peak, bw = limits["peak_gflops"], limits["read_gbs"]
+    head = (f"{'model':6s} {'row':9s} {'torch tok/s':>12s} {'jaxreason tok/s':>16s} "
+            f"{'ratio':>7s}   {'torch':>14s} {'jaxreason':>14s}  of the machine's limit")
     print("\n" + head + "\n" + "-" * len(head))
     for name, res in results.items():
         for row, r in res["rows"].items():
+            if row == "generate":
+                lim = " ".join(f"{r[f'{fw}_weight_gbs']:6.1f}GB/s {r[f'{fw}_weight_gbs'] / bw:4.0%}"
+                               for fw in ("torch", "jax")) + f"  (read bandwidth {bw:.1f} GB/s)"
+            else:
+                lim = " ".join(f"{r[f'{fw}_gflops']:5.0f}GF/s {r[f'{fw}_gflops'] / peak:4.0%}"
+                               for fw in ("torch", "jax")) + f"  (matmul peak {peak:.0f} GFLOP/s)"
             extra = (f"   (greedy tokens agree: {r['token_agreement']:.0%})"
                      if "token_agreement" in r else "")
             print(f"{name:6s} {row:9s} {r['torch_tok_s']:12.1f} {r['jax_tok_s']:16.1f} "
-                  f"{r['ratio']:6.2f}x{extra}")
+                  f"{r['ratio']:6.2f}x   {lim}{extra}")
     for name, res in results.items():
         o = res["capture_overhead"]
         print(f"{name}: capture overhead jaxreason {o['jax']:+.1%} "
@@ -229,7 +258,9 @@ def main():
                     torch_device=dev, torch_threads=torch.get_num_threads(),
                     transformers=transformers.__version__, batch=args.batch, seq=args.seq,
                     prompt=args.prompt, new_tokens=args.new, repeats=args.repeats,
-                    quick=args.quick, wall_s=wall, other_processes_cores=others)
+                    quick=args.quick, wall_s=wall, other_processes_cores=others,
+                    cpu=cpu_line(), limits=limits,
+                    xla_flags=os.environ.get("XLA_FLAGS", ""))
         with open(args.out, "w") as f:
             json.dump({"meta": meta, "models": results}, f, indent=2)
         print(f"wrote {args.out}")

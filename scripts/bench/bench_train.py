@@ -14,6 +14,8 @@ Row 1 (torch): a random GPT-2 small (``transformers.GPT2Config()`` defaults, 124
   machine load) and the median is reported as tokens/s; ratio = jaxreason/torch (>1: faster).
   "cores" = process CPU time / wall time of the timed steps. ``--breakdown`` also times
   forward-only (loss) and forward+backward (no optimizer) to show where the time goes.
+  The row also gives both frameworks' model FLOP rate (3x the forward's: 2 per matmul
+  weight and token plus causal attention) against XLA's matmul rate measured in the same run.
 Row 2 (sharded): a 4-layer GPT-2 (width 256, vocab 8192) trained by jaxreason in
   subprocesses with ``--xla_force_host_platform_device_count`` fake CPU devices: 1 device
   (no mesh) and meshes data=8, fsdp=8, data=2/fsdp=2/tensor=2. The 8 "devices" share the
@@ -73,7 +75,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_util import own_cpu_seconds  # noqa: E402
+from bench_util import (cpu_line, limits_line, machine_limits, matmul_params,  # noqa: E402
+                        own_cpu_seconds, transformer_flops)
 from jaxreason import sharding as sh  # noqa: E402
 from jaxreason.models import GPT2Config, LlamaConfig, count_params, from_config  # noqa: E402
 from jaxreason.train import objectives  # noqa: E402
@@ -202,6 +205,12 @@ def row_torch(a) -> dict:
                cpu_s={"torch": tt.cpu_median, "jax": jt.cpu_median},
                torch_tok_s=b * t / tt.median, jax_tok_s=b * t / jt.median,
                ratio=tt.median / jt.median, cores={"torch": tt.cores, "jax": jt.cores})
+    cfgj = model.config
+    flop = transformer_flops(matmul_params(box[0].params, True, cfgj.vocab_size,
+                                           cfgj.hidden_size),
+                             b * t, cfgj.num_layers, cfgj.hidden_size, t, train=True)
+    res.update(step_gflop=flop / 1e9, torch_gflops=flop / tt.median / 1e9,
+               jax_gflops=flop / jt.median / 1e9)
     print(f"first step: torch {first['torch']:.2f} s, jaxreason {first['jax']:.2f} s (with "
           "compilation)\n"
           f"step time: torch {tt.median * 1e3:.0f} ms ({tt.cpu_median:.1f} CPU-s, {tt.cores:.2f} "
@@ -327,7 +336,10 @@ def main():
     load0 = os.getloadavg()[0]
     print(f"jax {jax.__version__}: backend={jax.default_backend()} devices={jax.devices()}; "
           f"{os.cpu_count()} CPUs, load average {load0:.1f}\n"
-          f"median of {args.steps} timed steps after {WARMUP} warm-up steps")
+          f"median of {args.steps} timed steps after {WARMUP} warm-up steps\n{cpu_line()}")
+    limits = machine_limits() if jax.default_backend() == "cpu" and 1 in args.rows else None
+    if limits:
+        print(limits_line(limits))
     res = {}
     if 1 in args.rows:
         res["torch"] = row_torch(args)
@@ -341,9 +353,12 @@ def main():
     print(f"\n{'row':38s} {'tok/s':>10s} {'ratio':>8s}\n" + "-" * 58)
     if "torch" in res:
         r = res["torch"]
-        print(f"{'1 GPT-2 train step, torch':38s} {r['torch_tok_s']:10.0f}\n"
+        of = (lambda g: f"   {g:5.0f} GFLOP/s = {g / limits['peak_gflops']:.0%} of the matmul "
+              f"peak") if limits else (lambda g: f"   {g:5.0f} GFLOP/s")
+        print(f"{'1 GPT-2 train step, torch':38s} {r['torch_tok_s']:10.0f}         "
+              f"{of(r['torch_gflops'])}\n"
               f"{'1 GPT-2 train step, jaxreason':38s} {r['jax_tok_s']:10.0f} {r['ratio']:7.2f}x"
-              "  (jaxreason/torch)")
+              f"{of(r['jax_gflops'])}  (ratio: jaxreason/torch)")
     for name, r in res.get("sharded", {}).items():
         print(f"{'2 sharded, ' + name:38s} {r['tok_s']:10.0f} {r['ratio_vs_1']:7.2f}x"
               "  (vs 1 device)")
@@ -358,7 +373,8 @@ def main():
         meta = dict(jax=jax.__version__, backend=jax.default_backend(), cpus=os.cpu_count(),
                     torch_adamw=args.torch_adamw,
                     steps=args.steps, warmup=WARMUP, quick=args.quick, loadavg_start=load0,
-                    loadavg_end=load1)
+                    loadavg_end=load1, cpu=cpu_line(), limits=limits,
+                    xla_flags=os.environ.get("XLA_FLAGS", ""))
         with open(args.out, "w") as f:
             json.dump({"meta": meta, **res}, f, indent=2)
         print(f"wrote {args.out}")

@@ -141,7 +141,9 @@ def test_stop_tokens_and_stop_strings_trim(setup, plain):
 
 def test_generate_batch_stops_early_once_every_row_has_stopped(setup):
     """Every letter is a stop string, so every row has stopped after its first token; the
-    host check (every 4 steps) then ends decoding long before 40 steps."""
+    host check (after every compiled chunk of steps) then ends decoding long before 40."""
+    from jaxreason.models.generate import DEFAULT_STEPS_PER_CALL as chunk
+
     model, params, records = setup
     prompts = [r["prompt"] for r in records[:3]]
     seen = []
@@ -152,8 +154,8 @@ def test_generate_batch_stops_early_once_every_row_has_stopped(setup):
     letters = tuple(chr(97 + i) for i in range(26))
     b = generate_batch(model, params, prompts, DecodeSettings(40, stop_strings=letters),
                        decode=counting_decode)
-    assert seen[0] == 4 and max(seen) < 40
-    assert b.generated.shape == (3, 40) and (b.generated[:, 4:] == 0).all()  # never decoded
+    assert chunk < 40 and seen[0] == chunk and max(seen) < 40
+    assert b.generated.shape == (3, 40) and (b.generated[:, chunk:] == 0).all()  # never decoded
     assert b.texts == ["", "", ""] and b.num_tokens.tolist() == [1, 1, 1]
 
 

@@ -72,6 +72,20 @@ def test_sgd_init_is_torch_linear_default_and_independent_of_batching():
     assert not np.allclose(other.weights, fast.weights)
 
 
+@pytest.mark.parametrize("settings", [SGD, LOGREG], ids=["sgd", "logreg"])
+def test_lockstep_changes_the_speed_not_the_probes(settings):
+    """Two positions vmapped together (then the remainder) and one at a time fit the same
+    probes (all at once is the ``lockstep`` of accelerators and the batched case's limit)."""
+    X, y = make_data(N, seed=0)
+    ref = lp.fit_probes(X, y, None, settings, lockstep=1)
+    got = lp.fit_probes(X, y, None, settings, lockstep=2)
+    tol = dict(rtol=1e-4, atol=1e-5) if settings.kind == "sgd" else dict(rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got.weights, ref.weights, **tol)
+    np.testing.assert_allclose(got.bias, ref.bias, **tol)
+    with pytest.raises(ValueError, match="lockstep=0"):
+        lp.fit_probes(X, y, None, settings, lockstep=0)
+
+
 def test_position_chunks_give_the_same_probes():
     X, y = make_data(N, seed=0)
     whole = lp.fit_probes(X, y, None, SGD)

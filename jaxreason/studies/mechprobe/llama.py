@@ -9,9 +9,11 @@ labels, buckets), :mod:`jaxreason.probe.features` (span arithmetic, statement fe
 Memory: the forward asks for ``blocks.*.attn.hook_pattern`` only at the query positions, and
 the jitted program reduces those rows on the fly (max / mean over query tokens, mean over
 heads), so only (L, S) values per example leave the device; no T x T pattern is kept.
-Sequences are right-padded to a multiple of ``pad_multiple`` (causal attention: padding after
-the last real token changes nothing before it) and the query positions to a multiple of 16,
-so one program serves many examples.
+Prompts run ``FORWARD_BATCH`` at a time (:func:`query_attention_batch`): sorted by length,
+right-padded to a multiple of ``pad_multiple`` (causal attention: padding after the last real
+token changes nothing before it) and the query positions to a multiple of 16, so one program
+serves many examples and each row sees exactly its own prompt. A phase plans all of its
+prompts first (drawing demos and corruptions in the one-by-one order), then runs them.
 
 Modes (every number in ``metrics.json`` / ``report.md`` names the mode):
 
@@ -66,6 +68,7 @@ from jaxreason.studies.mechprobe.config import MechProbeLlamaConfig
 from jaxreason.studies.mechprobe.report import write_llama_report
 from jaxreason.tasks import proofwriter as pw
 
+FORWARD_BATCH = 8  # prompts per batched forward (see query_attention_batch)
 ORIGINAL_ANSWER_IDS = (5852, 7700)  # the original llama.evaluator's hard-coded "True"/"False"
 CORRUPTIONS = ("counter", "shuffle", "noise")
 
@@ -200,6 +203,75 @@ def query_attention(model, params, ids: list[int], start: int, answer_ids=(0, 1)
     if reduce:
         return {"max": np.asarray(res[0][0, :, :t]), "mean": np.asarray(res[1][0, :, :t])}, choice
     return np.asarray(res[0, :, :, :len(q), :t]), choice
+
+
+def query_attention_batch(model, params, prompts: list[tuple[list[int], int]], answer_ids=(0, 1),
+                          pad_multiple: int = 64, batch_size: int = 8) -> list:
+    """:func:`query_attention` (reduced) of many prompts, ``batch_size`` per forward.
+
+    ``prompts``: (ids, query start) pairs. Prompts are sorted by length so a batch holds
+    similar lengths, right-padded to the batch's longest (a multiple of ``pad_multiple``):
+    with causal attention, padding after a row's last real token changes nothing before it,
+    so no mask and no position shift are needed and every row sees exactly its own prompt.
+    Only each row's query rows are captured (its slots padded by repeating its last one). A
+    short last batch is filled with copies of its first row so that every batch of a length
+    bucket reuses one compiled program. Returns one ``(pooled, choice)`` per prompt, in order.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; must be an integer >= 1")
+    for i, (ids, start) in enumerate(prompts):
+        if not 0 <= start < len(ids):
+            raise ValueError(f"prompt {i}: query start {start} outside a prompt of {len(ids)} "
+                             "tokens")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
+    rows = batch_size if len(prompts) >= batch_size else 1 << (len(prompts) - 1).bit_length()
+    out = [None] * len(prompts)
+    for lo in range(0, len(order), batch_size):
+        group = order[lo:lo + batch_size]
+        lengths = [len(prompts[i][0]) for i in group]
+        tp = _pad_to(max(lengths), pad_multiple)
+        qp = _pad_to(max(t - prompts[i][1] for i, t in zip(group, lengths)), 16)
+        arr = np.zeros((rows, tp), np.int32)
+        qpos, qmask = np.zeros((rows, qp), np.int32), np.zeros((rows, qp), np.int32)
+        last = np.zeros((rows,), np.int32)
+        for r in range(rows):
+            i = group[r] if r < len(group) else group[0]
+            ids, start = prompts[i]
+            t = len(ids)
+            arr[r, :t] = ids
+            qpos[r] = t - 1
+            qpos[r, :t - start] = np.arange(start, t)
+            qmask[r, :t - start] = 1
+            last[r] = t - 1
+        (mx, mean), choice = _query_forward(model, params, jnp.asarray(arr), jnp.asarray(qpos),
+                                            jnp.asarray(qmask), jnp.asarray(last),
+                                            jnp.asarray(answer_ids, jnp.int32))
+        mx, mean, choice = np.asarray(mx), np.asarray(mean), np.asarray(choice, np.float64)
+        for r, (i, t) in enumerate(zip(group, lengths)):
+            out[i] = {"max": mx[r, :, :t], "mean": mean[r, :, :t]}, choice[r]
+    return out
+
+
+class _Forwards:
+    """Prompts collected while a phase is planned, run together by
+    :func:`query_attention_batch`: ``add`` returns a ticket, ``run`` the results by ticket.
+    Planning first keeps every random draw (demos, corruptions) in the one-by-one order, so
+    batching changes no prompt."""
+
+    def __init__(self, model, params, answer_ids, pad_multiple, batch_size=8):
+        self.model, self.params, self.answer_ids = model, params, answer_ids
+        self.pad_multiple, self.batch_size = pad_multiple, batch_size
+        self.prompts: list[tuple[list[int], int]] = []
+
+    def add(self, ids: list[int], start: int) -> int:
+        self.prompts.append((ids, start))
+        return len(self.prompts) - 1
+
+    def run(self) -> list:
+        res = query_attention_batch(self.model, self.params, self.prompts, self.answer_ids,
+                                    self.pad_multiple, self.batch_size)
+        self.prompts = []
+        return res
 
 
 def _features(pooled: dict, boundaries, pool: str, keep_layers):
@@ -352,46 +424,59 @@ def run(config: MechProbeLlamaConfig) -> dict:
     keep = _keep_layers(config, L, faithful)
     pad = config.pad_multiple
 
+    # every forward is planned first (a ticket in fw / rfw) and resolved after the batched run
+    fw = _Forwards(model, params, answer_ids, pad, FORWARD_BATCH)
+    rfw = _Forwards(rand_model, rand_params, answer_ids, pad, FORWARD_BATCH)
+
     def demos_for_features():
         return (rng.choices(train, k=config.icl_num) if faithful
                 else rng.sample(train, min(config.icl_num, len(train))))
 
+    def hit_of(record, ticket):
+        def resolve(res):
+            choice = res[ticket][1]
+            return int((choice[0] >= choice[1]) == bool(record["answer"]))
+        return resolve
+
     def evaluate(record, demos, context=None):
-        """llama.evaluator: 1 if the True/False argmax matches the answer (None for ARC)."""
+        """llama.evaluator: resolves to 1 if the True/False argmax matches the answer (None
+        for ARC)."""
         if arc:
-            return None
+            return lambda res: None
         ids = _encode(tok, evaluator_prompt(record, demos, context=context))
-        _, choice = query_attention(model, params, ids, len(ids) - 1, answer_ids, pad)
-        return int((choice[0] >= choice[1]) == bool(record["answer"]))
+        return hit_of(record, fw.add(ids, len(ids) - 1))
 
     def eval_demos():
         return rng.sample(train, min(config.icl_num, len(train)))
 
     def measure(record, *, texts=None, want_features=True):
-        """(features, hit) for one record on the trained model."""
+        """Resolves to (features, hit) for one record on the trained model."""
         demos = demos_for_features()
         fp = feature_prompt(tok, record, demos, config.dataset, faithful, texts)
-        pooled, choice = query_attention(model, params, fp.ids, int(fp.boundaries[-1]),
-                                         answer_ids, pad)
-        feats = _features(pooled, fp.boundaries, "max", keep) if want_features else None
+        ticket = fw.add(fp.ids, int(fp.boundaries[-1]))
         if arc:
-            hit = None
+            hit = lambda res: None  # noqa: E731
         elif faithful:  # the original: another prompt and other demos for the accuracy
             hit = evaluate(record, eval_demos())
         else:
-            hit = int((choice[0] >= choice[1]) == bool(record["answer"]))
-        return feats, hit, demos
+            hit = hit_of(record, ticket)
+
+        def resolve(res):
+            feats = (_features(res[ticket][0], fp.boundaries, "max", keep) if want_features
+                     else None)
+            return feats, hit(res)
+        return resolve
 
     def baseline_features(record):
+        """Resolves (on the random model's results) to the baseline features."""
         if faithful:
             fp = feature_prompt(tok, record, [], config.dataset, True)
-            pooled, _ = query_attention(rand_model, rand_params, fp.ids, int(fp.boundaries[-1]),
-                                        answer_ids, pad)
-            return _features(pooled, fp.boundaries, "mean", None)
-        fp = feature_prompt(tok, record, demos_for_features(), config.dataset, False)
-        pooled, _ = query_attention(rand_model, rand_params, fp.ids, int(fp.boundaries[-1]),
-                                    answer_ids, pad)
-        return _features(pooled, fp.boundaries, "max", keep)
+            pool, layers = "mean", None
+        else:
+            fp = feature_prompt(tok, record, demos_for_features(), config.dataset, False)
+            pool, layers = "max", keep
+        ticket = rfw.add(fp.ids, int(fp.boundaries[-1]))
+        return lambda rres: _features(rres[ticket][0], fp.boundaries, pool, layers)
 
     metrics = {"mode": config.mode, "dataset": config.dataset, "model_path": config.model_path,
                "num_layers": L, "keep_layers": keep,
@@ -402,12 +487,10 @@ def run(config: MechProbeLlamaConfig) -> dict:
     for key, records in buckets.items():
         depth = pw.label_length(key, config.dataset)
         labels = [pw.label_parser(r, depth, faithful=faithful) for r in records]
-        feats, hits, base = [], [], []
-        for r in records:
-            f, hit, _ = measure(r)
-            feats.append(f)
-            hits.append(hit)
-            base.append(baseline_features(r))
+        plans = [(measure(r), baseline_features(r)) for r in records]
+        res, rres = fw.run(), rfw.run()
+        feats, hits = zip(*[m(res) for m, _ in plans]) if plans else ((), ())
+        base = [b(rres) for _, b in plans]
         model_scores = _probe(feats, labels)
         rand_scores = _probe(base, labels)
         entry = {"n": len(records), "label_length": depth,
@@ -420,7 +503,7 @@ def run(config: MechProbeLlamaConfig) -> dict:
 
     if config.corrupt and not arc:
         metrics["corruption"] = _corruption(config, data, faithful, rng, measure,
-                                            baseline_features, evaluate, eval_demos)
+                                            baseline_features, evaluate, eval_demos, fw, rfw)
     metrics["seconds"] = time.perf_counter() - t0
     metrics = _clean(metrics)
     atomic.write_json(out_dir / "metrics.json", metrics)
@@ -429,9 +512,10 @@ def run(config: MechProbeLlamaConfig) -> dict:
 
 
 def _corruption(config, data, faithful, rng, measure, baseline_features, evaluate,
-                eval_demos) -> dict:
+                eval_demos, fw, rfw) -> dict:
     """The corruption experiment: accuracy change under counter / shuffle / noise, binned by
-    S_P2."""
+    S_P2. Every forward is planned first (``measure`` and friends return resolvers) and run
+    in batches by ``fw`` (trained model) and ``rfw`` (random model)."""
     splits = ["test", "dev"] + (["train"] if faithful else [])
     pool = [r for s in splits for r in data[s].get("1", []) if "OR" not in r["proof"]]
     rng.shuffle(pool)
@@ -439,14 +523,10 @@ def _corruption(config, data, faithful, rng, measure, baseline_features, evaluat
     if len(pool) < 2:
         return {"note": f"only {len(pool)} depth-1 records; corruption skipped"}
     labels = [pw.label_parser(r, 1, faithful=faithful) for r in pool]
-    base = [baseline_features(r) for r in pool[:128]]
-    scratch = _probe(base, labels[:128])
-    feats, clean = [], []
-    deltas = {k: [] for k in CORRUPTIONS}
+    base_plans = [baseline_features(r) for r in pool[:128]]
+    plans = []  # per record: (clean resolver, {kind: corrupted-hit resolver or None})
     for i, r in enumerate(pool):
-        f, hit, _ = measure(r)
-        feats.append(f)
-        clean.append(hit)
+        clean_plan = measure(r)
         if faithful:
             sents = r["context"].split(". ")
             target = 0  # the original's selection loop compares text with ids and never runs
@@ -459,17 +539,29 @@ def _corruption(config, data, faithful, rng, measure, baseline_features, evaluat
         other = pool[(i + 1) % len(pool)]
         noise_src = [t for _, t in pw.statements(other)] or [other["context"]]
         noise = rng.choice(noise_src)
+        kinds = {}
         for kind in CORRUPTIONS:
             if kind == "counter" and target is None:
-                deltas[kind].append(float("nan"))
+                kinds[kind] = None
                 continue
             tgt = target if (kind != "noise" or faithful) else None
             new = corrupt(sents, kind, tgt, rng, noise.rstrip(". ") if faithful else noise)
             if faithful:
-                hit2 = evaluate(r, eval_demos(), context=". ".join(new))
+                kinds[kind] = evaluate(r, eval_demos(), context=". ".join(new))
             else:
-                _, hit2, _ = measure(r, texts=new, want_features=False)
-            deltas[kind].append(float(hit2 - hit))
+                plan = measure(r, texts=new, want_features=False)
+                kinds[kind] = lambda res, plan=plan: plan(res)[1]
+        plans.append((clean_plan, kinds))
+    res, rres = fw.run(), rfw.run()
+    scratch = _probe([b(rres) for b in base_plans], labels[:128])
+    feats, clean = [], []
+    deltas = {k: [] for k in CORRUPTIONS}
+    for clean_plan, kinds in plans:
+        f, hit = clean_plan(res)
+        feats.append(f)
+        clean.append(hit)
+        for kind, plan in kinds.items():
+            deltas[kind].append(float("nan") if plan is None else float(plan(res) - hit))
     lo, hi = config.corrupt_subset[0], config.corrupt_subset[-1]
     sp1s, sp2s, accs, dsum = [], [], [], {k: [] for k in CORRUPTIONS}
     n = len(pool)

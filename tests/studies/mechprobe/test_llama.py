@@ -189,6 +189,30 @@ def test_query_rows_match_full_pattern(setup):
     np.testing.assert_allclose(pooled["mean"], rows.mean(axis=2).mean(axis=1), atol=1e-6)
 
 
+def test_batched_forward_matches_one_by_one(setup):
+    """Three prompts of different lengths in batches of two (the second batch is one real row
+    plus a filler copy): every pooled row and answer logit equals the one-prompt path."""
+    from jaxreason.models import load_pretrained
+    from jaxreason.studies.mechprobe.llama import query_attention, query_attention_batch
+
+    root, tok = setup
+    model, params = load_pretrained(root / "model")
+    texts = ["The cat is big. The dog is red. The cat is red: True or False?",
+             "The cow is kind: True or False?",
+             "The bear is cold. If something is cold then it is nice. The bear is nice: True or "
+             "False?"]
+    prompts = [(tok.encode(t), s) for t, s in zip(texts, (9, 2, 12))]
+    got = query_attention_batch(model, params, prompts, (3, 4), pad_multiple=16, batch_size=2)
+    for (ids, start), (pooled, choice) in zip(prompts, got):
+        ref, ref_choice = query_attention(model, params, ids, start, (3, 4), pad_multiple=16)
+        for k in ("max", "mean"):
+            assert pooled[k].shape == ref[k].shape == (model.config.num_layers, len(ids))
+            np.testing.assert_allclose(pooled[k], ref[k], atol=1e-6)
+        np.testing.assert_allclose(choice, ref_choice, atol=1e-5 * np.abs(ref_choice).max())
+    with pytest.raises(ValueError, match="prompt 1: query start 40 outside"):
+        query_attention_batch(model, params, [prompts[0], (prompts[1][0], 40)])
+
+
 def test_corrupt():
     from jaxreason.studies.mechprobe.llama import corrupt
 
