@@ -12,13 +12,15 @@ compositions with shuffled display, the pool of the 50-shot general prompt).
 
 Everything is a pure function of the seeds: each split draws from its own
 ``random.Random(seed)`` (train 42, valid 43, test 44, probing 45, edit pairs 44) in the
-original's order of draws (``formula_draws``), so the five configs' splits, their 3-shot
-prompts and the edit pairs' base problems are the original's own problems, split for split
-and in order. ``mode`` matters for two parts only: the edit pairs (``faithful`` keeps the
-original's choice of the new operand, whose range follows v1's operator; ``fixed`` draws
-uniformly over the valid values and never edits into another pair's base) and the general
-pool (``faithful`` follows the original's distribution; ``fixed`` asks the last-defined
-variable like every test problem). Nothing depends on Python's hash seed.
+original's order of draws (``formula_draws``), so the five configs' splits and their 3-shot
+prompts are the original's own problems, split for split and in order. ``mode`` matters for
+two parts only. The edit pairs: both modes draw them as the original does (two generators of
+seed 44, the edit drawn before the base is checked); ``faithful`` keeps the original's
+candidates for the new operand, whose range follows v1's operator, ``fixed`` draws
+uniformly over the valid values and never edits into another pair's base. The general pool:
+``faithful`` follows the original's distribution (a random variable asked, references to
+the previous variable only, kinds weighted 1/4, 1/4, 1/4, 1/8, 1/8), ``fixed`` asks the
+last-defined variable like every test problem. Nothing here depends on Python's hash seed.
 """
 
 from __future__ import annotations
