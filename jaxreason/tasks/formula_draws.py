@@ -14,8 +14,10 @@ drawn tuples into problems. Per problem the original draws
 A draw that breaks the [0, 9] range is redrawn whole. This reproduces the original's splits
 exactly (for example 2step's first test problem ``z = 0 + o , o = 4 + 5``).
 
-The 50-shot general pool and the counterfactual edits have a faithful and a fixed draw;
-every draw here is independent of Python's hash seed (set orders of small ints are fixed).
+The 50-shot general pool and the counterfactual edits have a faithful and a fixed draw
+(the faithful ones follow the original's distributions; their exact draws are not checked
+against the original's output). Every draw here is independent of Python's hash seed (set
+orders of small ints are fixed).
 """
 
 from __future__ import annotations
@@ -128,10 +130,12 @@ def valid_edit_values(a: int, op0: str, r: int, b: int, op1: str) -> list[int]:
 
 
 def faithful_edit_candidates(a: int, r: int, op1: str) -> list[int]:
-    """The original's candidates for v0's second operand: the values that keep ``a op r'``
-    in range, with the operator taken from v1's formula instead of v0's (the original's
-    bug), minus the old operand, in the iteration order of that Python set. The edited
-    problem is range-checked afterwards."""
+    """Faithful candidates for v0's second operand: the values that keep ``a op r'`` in range
+    with the operator taken from v1's formula instead of v0's (the original's bug), minus
+    the old operand, in that Python set's iteration order (the original draws from such a
+    set). The edited problem is range-checked afterwards. This range is a reconstruction:
+    it skews the operator mix the way the original's does (++ and -- edited more often) but
+    is not checked against the original's exact pairs."""
     values = set(range(LOW - a, HIGH - a + 1)) if op1 == "+" else set(range(a - HIGH, a - LOW + 1))
     return list(values - {r})
 
