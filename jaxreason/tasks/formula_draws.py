@@ -1,4 +1,5 @@
-"""The order of random draws behind the Think-to-Talk problems (Kudo et al., github.com/keitokudo/TTT).
+"""The order of random draws behind the Think-to-Talk problems (Kudo et al.,
+github.com/keitokudo/TTT).
 
 A seeded ``random.Random`` gives the original's problems only if every call happens in the
 original's order, so this module holds that order and nothing else; ``formulas`` turns the
@@ -144,5 +145,6 @@ def draw_edit_value(a: int, op0: str, r: int, b: int, op1: str, rng: random.Rand
                     faithful: bool) -> int | None:
     """v0's new second operand (None when there is no candidate): faithful, a choice among
     the original's candidates; fixed, uniform over the valid values."""
-    cands = faithful_edit_candidates(a, r, op1) if faithful else valid_edit_values(a, op0, r, b, op1)
+    cands = (faithful_edit_candidates(a, r, op1) if faithful
+             else valid_edit_values(a, op0, r, b, op1))
     return rng.choice(cands) if cands else None

@@ -20,9 +20,11 @@ ORIGINAL_FIRST = {
     "2step": (["n = 5 + p , p = 7 - 5 ; n =?", "j = 4 - q , q = 7 - 6 ; j =?",
                "b = 4 + n , n = 1 + 1 ; b =?"],
               ["z = 0 + o , o = 4 + 5 ; z =?", "d = 7 - n , n = 8 - 4 ; d =?"]),
-    "3step": (["f = 2 + s , s = 9 - y , y = 5 + 3 ; f =?", "a = 2 + i , i = 1 + o , o = 5 - 3 ; a =?",
+    "3step": (["f = 2 + s , s = 9 - y , y = 5 + 3 ; f =?",
+               "a = 2 + i , i = 1 + o , o = 5 - 3 ; a =?",
                "h = 3 + y , y = 0 + b , b = 9 - 8 ; h =?"],
-              ["l = 5 + j , j = 7 - b , b = 3 + 1 ; l =?", "u = 2 + y , y = 6 - c , c = 7 - 6 ; u =?"]),
+              ["l = 5 + j , j = 7 - b , b = 3 + 1 ; l =?",
+               "u = 2 + y , y = 6 - c , c = 7 - 6 ; u =?"]),
     "2step_distractor": (["h = 1 + z , z = 0 + 1 , b = 9 - 8 ; h =?",
                           "e = 0 - x , x = 0 + 0 , i = 3 + 0 ; e =?",
                           "i = 3 + u , u = 3 + 1 , k = 7 - 0 ; i =?"],
@@ -43,14 +45,15 @@ def _mix(problems) -> list[int]:
 @pytest.fixture(scope="module")
 def first_problems():
     """Each config's full train and valid splits (the test split excludes both) and the
-    first two test problems."""
+    first two test problems (2step: the whole test split)."""
     sizes = {"train": 100, "valid": 2000, "test": 2, "probing_train": 0}
-    return {c: F.make_splits(c, sizes) for c in ORIGINAL_FIRST}
+    return {c: F.make_splits(c, {**sizes, "test": 2000} if c == "2step" else sizes)
+            for c in ORIGINAL_FIRST}
 
 
 @pytest.fixture(scope="module")
-def splits_2step_full():
-    return F.make_splits("2step", {"probing_train": 0})
+def splits_2step_full(first_problems):
+    return first_problems["2step"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_first_problems_are_the_originals(first_problems, config):
     train, test = ORIGINAL_FIRST[config]
     splits = first_problems[config]
     assert [p.source for p in splits["train"][:3]] == train
-    assert [p.source for p in splits["test"]] == test
+    assert [p.source for p in splits["test"][:2]] == test
     assert F.few_shot_prompt(splits["train"]) == "".join(
         p.source + p.target for p in splits["train"][:3])
     assert F.few_shot_prompt(splits["train"]).startswith(train[0] + " ")
