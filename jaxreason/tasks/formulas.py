@@ -11,10 +11,16 @@ problems shown in definition order) and ``general_3formulas`` (random 3-formula
 compositions with shuffled display, the pool of the 50-shot general prompt).
 
 Everything is a pure function of the seeds: each split draws from its own
-``random.Random(seed)`` (train 42, valid 43, test 44, probing 45, edit pairs 44), so nothing
-depends on Python's hash seed. The original sorted candidates by ``hash`` and needed
-``PYTHONHASHSEED=0``; its exact problems are therefore not reproducible, its distributions
-and formats are.
+``random.Random(seed)`` (train 42, valid 43, test 44, probing 45, edit pairs 44) in the
+original's order of draws (``formula_draws``), so the five configs' splits and their 3-shot
+prompts are the original's own problems, split for split and in order. ``mode`` matters for
+two parts only. The edit pairs: both modes draw them as the original does (two generators of
+seed 44, the edit drawn before the base is checked); ``faithful`` keeps the original's
+candidates for the new operand, whose range follows v1's operator, ``fixed`` draws
+uniformly over the valid values and never edits into another pair's base. The general pool:
+``faithful`` follows the original's distribution (a random variable asked, references to
+the previous variable only, kinds weighted 1/4, 1/4, 1/4, 1/8, 1/8), ``fixed`` asks the
+last-defined variable like every test problem. Nothing here depends on Python's hash seed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxreason.tasks import formula_draws as draws
+from jaxreason.tasks.formula_draws import HIGH, LETTERS, LOW  # noqa: F401  (the module's API)
+
 CONFIGS = ("1step", "2step", "3step", "2step_distractor", "2step_in_order")
 ALL_CONFIGS = CONFIGS + ("general_3formulas",)
 SPLIT_SEEDS = {"train": 42, "valid": 43, "test": 44, "probing_train": 45}
@@ -32,8 +41,7 @@ SPLIT_SIZES = {"train": 100, "valid": 2000, "test": 2000, "probing_train": 10000
 SPLIT_EXCLUDES = {"train": (), "valid": ("train",), "test": ("train", "valid"),
                   "probing_train": ("train", "valid", "test")}
 EDIT_SEED, EDIT_SIZE = 44, 2000
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-LOW, HIGH = 0, 9  # every value in a problem, its answers and its CoT
+MODES = ("faithful", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +74,17 @@ class Formula:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """Formulas in definition order, the display order, and the config's answer variables."""
+    """Formulas in definition order, the display order and the asked formula (the
+    last-defined one except in the faithful general pool)."""
 
     config: str
     formulas: tuple[Formula, ...]
     display: tuple[int, ...]  # indices into formulas, in the order they are shown
+    question: int = -1  # index into formulas of the asked variable
 
     @property
     def query(self) -> str:
-        return self.formulas[-1].var
+        return self.formulas[self.question].var
 
     @property
     def values(self) -> dict[str, int]:
@@ -112,7 +122,7 @@ class Problem:
 
     @property
     def answer(self) -> int:
-        return self.intermediate_answers[-1]
+        return self.values[self.query]
 
 
 def char_format(text: str) -> str:
@@ -153,49 +163,29 @@ def backtracking_cot(formulas: Sequence[Formula], query: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- sampling
 
-def _num(rng: random.Random) -> int:
-    return rng.randint(LOW, HIGH)
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a formula mode; allowed: {list(MODES)}")
 
 
-def _op(rng: random.Random) -> str:
-    return rng.choice("+-")
+def _problem(config: str, drawn, display, question: int = -1) -> Problem:
+    return Problem(config, tuple(Formula(*d) for d in drawn), tuple(display), question)
 
 
-def _template(config: str, rng: random.Random, names: list[str]) -> tuple[list[Formula], tuple]:
-    """Formulas (definition order) and display order of one draw of ``config``."""
-    if config == "1step":
-        v0, v1 = names[:2]
-        fs = [Formula(v0, _num(rng)), Formula(v1, _num(rng), _op(rng), v0)]
-    elif config in ("2step", "2step_in_order"):
-        v0, v1 = names[:2]
-        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), v0)]
-    elif config == "3step":
-        v0, v1, v2 = names[:3]
-        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), v0),
-              Formula(v2, _num(rng), _op(rng), v1)]
-    elif config == "2step_distractor":
-        v0, v1, v2 = names[:3]
-        fs = [Formula(v0, _num(rng), _op(rng), _num(rng)), Formula(v1, _num(rng), _op(rng), _num(rng)),
-              Formula(v2, _num(rng), _op(rng), v1)]
-    elif config == "general_3formulas":
-        fs = []
-        for i, var in enumerate(names[:3]):
-            kinds = ["num", "numnum"] + (["var", "varnum", "numvar"] if i else [])
-            kind = rng.choice(kinds)
-            prev = rng.choice([f.var for f in fs]) if i else None
-            fs.append({"num": lambda: Formula(var, _num(rng)),
-                       "var": lambda: Formula(var, prev),
-                       "numnum": lambda: Formula(var, _num(rng), _op(rng), _num(rng)),
-                       "varnum": lambda: Formula(var, prev, _op(rng), _num(rng)),
-                       "numvar": lambda: Formula(var, _num(rng), _op(rng), prev)}[kind]())
-        order = list(range(3))
-        rng.shuffle(order)
-        return fs, tuple(order)
-    else:
+def draw_problem(config: str, rng: random.Random, mode: str = "fixed") -> Problem | None:
+    """One raw draw of ``config`` in the original's order of draws, not yet range-checked
+    (None: a general-pool draw that asked for a variable before any was defined)."""
+    _check_mode(mode)
+    if config == "general_3formulas":
+        got = (draws.draw_general_faithful(rng) if mode == "faithful"
+               else draws.draw_general_fixed(rng))
+        return None if got is None else _problem(config, *got)
+    base = "2step" if config == "2step_in_order" else config
+    if base not in draws.TEMPLATES:
         raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
-    n = len(fs)
-    order = tuple(range(n)) if config == "2step_in_order" else tuple(reversed(range(n)))
-    return fs, order
+    drawn = draws.draw_template(base, rng)
+    n = len(drawn)
+    return _problem(config, drawn, range(n) if config == "2step_in_order" else reversed(range(n)))
 
 
 def in_range(problem: Problem) -> bool:
@@ -211,21 +201,17 @@ def in_range(problem: Problem) -> bool:
     return True
 
 
-def sample_problem(config: str, rng: random.Random) -> Problem:
-    """One problem of ``config`` that satisfies the constraint (rejection sampling)."""
-    base = "2step" if config == "2step_in_order" else config
+def sample_problem(config: str, rng: random.Random, mode: str = "fixed") -> Problem:
+    """One problem of ``config`` that satisfies the constraint (a violating draw is redrawn
+    whole, as the original does)."""
     while True:
-        names = rng.sample(LETTERS, 3)
-        fs, order = _template(base, rng, names)
-        if config == "2step_in_order":
-            order = tuple(range(len(fs)))
-        p = Problem(config, tuple(fs), order)
-        if in_range(p):
+        p = draw_problem(config, rng, mode)
+        if p is not None and in_range(p):
             return p
 
 
 def sample_problems(config: str, n: int, seed: int, exclude: Iterable = (),
-                    max_tries: int | None = None) -> list[Problem]:
+                    max_tries: int | None = None, mode: str = "fixed") -> list[Problem]:
     """``n`` distinct problems whose (passage, question) is not in ``exclude``.
 
     ``2step_in_order`` draws 2step's problems (same seeds, same problems) and shows them in
@@ -242,20 +228,22 @@ def sample_problems(config: str, n: int, seed: int, exclude: Iterable = (),
         if tries > limit:
             raise ValueError(f"{config}: only {len(out)} of {n} distinct problems after {limit} "
                              "draws; the exclusions leave too few")
-        p = sample_problem(base, rng)
+        p = sample_problem(base, rng, mode)
         if p.key in seen:
             continue
         seen.add(p.key)
-        out.append(Problem(config, p.formulas, tuple(range(len(p.formulas))))
-                   if config == "2step_in_order" else p)
+        out.append(_as_in_order(p) if config == "2step_in_order" else p)
     return out
 
 
-def make_splits(config: str, sizes: dict | None = None) -> dict[str, list[Problem]]:
+def make_splits(config: str, sizes: dict | None = None,
+                mode: str = "fixed") -> dict[str, list[Problem]]:
     """train / valid / test / probing_train with the original's seeds (42-45), sizes (100, 2,000,
-    2,000, 10,000) and exclusions (each split avoids the problems of the splits before it)."""
+    2,000, 10,000) and exclusions (each split avoids the problems of the splits before it).
+    ``mode`` changes the general pool only."""
     if config not in ALL_CONFIGS:
         raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
+    _check_mode(mode)
     sizes = {**SPLIT_SIZES, **(sizes or {})}
     unknown = sorted(set(sizes) - set(SPLIT_SIZES))
     if unknown:
@@ -264,12 +252,16 @@ def make_splits(config: str, sizes: dict | None = None) -> dict[str, list[Proble
     for name in SPLIT_SIZES:
         exclude = {p.key if config != "2step_in_order" else _as_2step(p).key
                    for other in SPLIT_EXCLUDES[name] for p in splits[other]}
-        splits[name] = sample_problems(config, sizes[name], SPLIT_SEEDS[name], exclude)
+        splits[name] = sample_problems(config, sizes[name], SPLIT_SEEDS[name], exclude, mode=mode)
     return splits
 
 
 def _as_2step(p: Problem) -> Problem:
     return Problem("2step", p.formulas, tuple(reversed(range(len(p.formulas)))))
+
+
+def _as_in_order(p: Problem) -> Problem:
+    return Problem("2step_in_order", p.formulas, tuple(range(len(p.formulas))))
 
 
 def few_shot_prompt(train: Sequence[Problem], shots: int = 3) -> str:
@@ -279,10 +271,10 @@ def few_shot_prompt(train: Sequence[Problem], shots: int = 3) -> str:
     return "".join(p.source + p.target for p in train[:shots])
 
 
-def general_prompt(shots: int = 50) -> str:
+def general_prompt(shots: int = 50, mode: str = "fixed") -> str:
     """The 50-shot general prompt: the first ``shots`` problems of the general train set."""
     return few_shot_prompt(sample_problems("general_3formulas", max(shots, 100),
-                                           SPLIT_SEEDS["train"]), shots)
+                                           SPLIT_SEEDS["train"], mode=mode), shots)
 
 
 # ----------------------------------------------------------------------------- edit pairs
@@ -295,45 +287,52 @@ class EditPair:
     edited: Problem
 
 
-def edit_second_operand(problem: Problem, rng: random.Random) -> Problem | None:
-    """Change v0's right operand to another value that keeps every value in range (None when
-    no other value does)."""
-    v0 = problem.formulas[0]
-    choices = []
-    for value in range(LOW, HIGH + 1):
-        if value == v0.right:
-            continue
-        cand = Problem(problem.config, (dataclasses.replace(v0, right=value),) + problem.formulas[1:],
-                       problem.display)
-        if in_range(cand):
-            choices.append(cand)
-    return rng.choice(choices) if choices else None
+def edit_second_operand(problem: Problem, rng: random.Random,
+                        mode: str = "fixed") -> Problem | None:
+    """v0's right operand changed (None when there is no candidate). ``fixed``: uniform over
+    the other values that keep every value in range; ``faithful``: the original's choice,
+    whose candidates follow v1's operator and may break the range (checked by the caller)."""
+    _check_mode(mode)
+    v0, v1 = problem.formulas
+    new = draws.draw_edit_value(v0.left, v0.op, v0.right, v1.left, v1.op, rng,
+                                faithful=mode == "faithful")
+    if new is None:
+        return None
+    return Problem(problem.config, (dataclasses.replace(v0, right=new), v1), problem.display)
 
 
-def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED,
-                    exclude: Iterable = ()) -> list[EditPair]:
-    """``n`` (base, edited) 2step pairs; both avoid ``exclude`` (train and valid keys)."""
-    rng = random.Random(seed)
+def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED, exclude: Iterable = (),
+                    mode: str = "fixed") -> list[EditPair]:
+    """``n`` (base, edited) 2step pairs; both avoid ``exclude`` (train and valid keys) and
+    earlier bases. As in the original, the bases and the edits draw from two generators of
+    one seed, and the edit is drawn before the base is checked, so a rejected base still
+    advances the edit generator. ``fixed`` also keeps every edited problem off the other
+    pairs' bases (and edits)."""
+    _check_mode(mode)
+    bases, edits = random.Random(seed), random.Random(seed)
     seen = set(exclude)
     out: list[EditPair] = []
     while len(out) < n:
-        base = sample_problem("2step", rng)
-        if base.key in seen:
+        base = draw_problem("2step", bases)
+        edited = edit_second_operand(base, edits, mode)
+        if not in_range(base) or base.key in seen:
             continue
-        edited = edit_second_operand(base, rng)
-        if edited is None or edited.key in seen:
+        if edited is None or not in_range(edited) or edited.key in seen:
             continue
         assert len(base.source) == len(edited.source)
         seen.add(base.key)
+        if mode == "fixed":
+            seen.add(edited.key)
         out.append(EditPair(base, edited))
     return out
 
 
-def edit_pairs_for(splits: dict[str, list[Problem]], n: int = EDIT_SIZE) -> list[EditPair]:
+def edit_pairs_for(splits: dict[str, list[Problem]], n: int = EDIT_SIZE,
+                   mode: str = "fixed") -> list[EditPair]:
     """The original's ``test_2step_v2_edit`` (seed 44): excluded from train and valid (not
     from test or probing_train: the original's overlap, kept)."""
     exclude = {p.key for name in ("train", "valid") for p in splits[name]}
-    return make_edit_pairs(n, EDIT_SEED, exclude)
+    return make_edit_pairs(n, EDIT_SEED, exclude, mode)
 
 
 def answers_array(problems: Sequence[Problem]) -> np.ndarray:

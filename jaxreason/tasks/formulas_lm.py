@@ -22,20 +22,22 @@ import numpy as np
 from jaxreason.data import TokenDataset
 from jaxreason.registry import TASKS
 from jaxreason.tasks.formula_tokens import FormulaTokenizer
-from jaxreason.tasks.formulas import CONFIGS, edit_pairs_for, make_splits, sample_problem
+from jaxreason.tasks.formulas import CONFIGS, MODES, edit_pairs_for, make_splits, sample_problem
 
 HELD_OUT_SPLITS = ("valid", "test", "probing_train")
 
 
 def held_out_keys(configs: Sequence[str]) -> set:
-    """(passage, question) keys the training rows must avoid."""
+    """(passage, question) keys the training rows must avoid (the edit pairs of both
+    modes: one trained model serves faithful and fixed runs)."""
     keys = set()
     for config in configs:
         splits = make_splits(config)
         keys |= {p.key for name in HELD_OUT_SPLITS for p in splits[name]}
         if config == "2step":
-            for pair in edit_pairs_for(splits):
-                keys |= {pair.base.key, pair.edited.key}
+            for mode in MODES:
+                for pair in edit_pairs_for(splits, mode=mode):
+                    keys |= {pair.base.key, pair.edited.key}
     return keys
 
 

@@ -303,7 +303,10 @@ sizes = {"train": 5, "valid": 5, "test": 5, "probing_train": 5}
 for c in ("2step", "general_3formulas", "2step_distractor"):
     for p in F.make_splits(c, sizes=sizes)["test"]:
         print(c, p.source)
-print(F.make_edit_pairs(3)[-1])
+for mode in F.MODES:
+    print(F.make_edit_pairs(3, mode=mode)[-1])
+    print(F.general_prompt(5, mode=mode).replace("\\n", "|"))
+    print(F.sample_problems("general_3formulas", 5, 3, mode=mode)[-1])
 print({x for x in F.general_prompt(5).split()})
 """
 
@@ -316,7 +319,7 @@ def test_independent_of_python_hash_seed():
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout)
-    assert outs[0].count("\n") >= 16
+    assert outs[0].count("\n") >= 21
     # the set's print order depends on the hash seed: compare it as a set
     body = [o.splitlines() for o in outs]
     assert body[0][:-1] == body[1][:-1]
@@ -385,6 +388,7 @@ def test_edit_pairs(edit_pairs, splits_2step):
         assert b.key not in excluded and e.key not in excluded
         keys.append(b.key)
     assert len(set(keys)) == len(keys)
+    assert not {p.edited.key for p in edit_pairs} & set(keys)  # fixed: no edit is a base
     # so v0's value (the probe target) changes too
     assert sum(p.base.intermediate_answers[0] != p.edited.intermediate_answers[0]
                for p in edit_pairs) == len(edit_pairs)
@@ -555,7 +559,7 @@ def test_formulas_task_avoids_held_out(packed, held_2step, splits_2step):
     assert expected <= held and not {p.key for p in splits_2step["train"]} <= held
     pairs = F.edit_pairs_for(splits_2step, n=20)
     assert {k for pr in pairs for k in (pr.base.key, pr.edited.key)} <= held
-    assert 14000 < len(held) <= 14000 + 2 * F.EDIT_SIZE
+    assert 14000 < len(held) <= 14000 + 2 * len(F.MODES) * F.EDIT_SIZE
     keys = [_key_of_source(src) for src, _ in _packed_problems(packed.arrays["tokens"],
                                                                packed.arrays["loss_mask"])]
     assert keys and not set(keys) & held

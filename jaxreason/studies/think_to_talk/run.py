@@ -16,9 +16,13 @@ The study wires shared pieces together:
 Modes (every number in the outputs names the one that produced it):
 
 * ``faithful``: probes evaluated on every test problem, a missing position counting as
-  wrong (as in the original); the primary probe is the original's full-batch GD on raw features.
+  wrong (as in the original); the primary probe is the original's full-batch GD on raw
+  features; the original's edit pairs and general pool (``jaxreason.tasks.formulas``).
 * ``fixed``: probes evaluated on the solved test problems only (positions mean the same
-  tokens as in training); the primary probe is standardised L2 logistic regression.
+  tokens as in training); the primary probe is standardised L2 logistic regression; edit
+  pairs drawn uniformly over the valid operands.
+
+Both modes use the original's own problems for the five configs' splits and prompts.
 
 Both probe kinds run whenever ``probes`` lists them, so each mode reports its control beside
 its primary numbers.
@@ -86,7 +90,7 @@ def load_model(config: ThinkToTalkConfig, codec=None):
 
 def _prompt(config: ThinkToTalkConfig, task: str, splits) -> str:
     if task in config.general_prompt_for:
-        return fm.general_prompt(50)
+        return fm.general_prompt(50, config.mode)
     return fm.few_shot_prompt(splits["train"], config.shots)
 
 
@@ -118,7 +122,8 @@ def run(config: ThinkToTalkConfig) -> dict:
     out = prepare_run_dir(config)
     # bad patch positions fail now, before training or decoding
     codec = load_codec(config)
-    pairs = fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs) if config.patches else []
+    pairs = (fm.edit_pairs_for(fm.make_splits("2step"), config.patch_pairs, config.mode)
+             if config.patches else [])
     patched_tokens = {p.name: _checked_patch(codec, pairs, i, p)
                       for i, p in enumerate(config.patches)}
     model, params, codec, train_metrics = load_model(config, codec)

@@ -1,0 +1,193 @@
+"""The original's order of random draws: its exact first problems per config (taken from the
+original's own preprocessing output), its operator mix of the 2step test split, and the
+faithful and fixed edit pairs and general pools."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from jaxreason.tasks import formula_draws as D
+from jaxreason.tasks import formulas as F
+from jaxreason.tasks.formulas import Formula, Problem
+
+# config: (first three train problems = the 3-shot prompt's sources, first two test problems)
+ORIGINAL_FIRST = {
+    "1step": (["u = 2 + b , b = 7 ; u =?", "h = 4 + k , k = 5 ; h =?", "l = 3 - q , q = 2 ; l =?"],
+              ["z = 4 - o , o = 4 ; z =?", "a = 5 + x , x = 3 ; a =?"]),
+    "2step": (["n = 5 + p , p = 7 - 5 ; n =?", "j = 4 - q , q = 7 - 6 ; j =?",
+               "b = 4 + n , n = 1 + 1 ; b =?"],
+              ["z = 0 + o , o = 4 + 5 ; z =?", "d = 7 - n , n = 8 - 4 ; d =?"]),
+    "3step": (["f = 2 + s , s = 9 - y , y = 5 + 3 ; f =?",
+               "a = 2 + i , i = 1 + o , o = 5 - 3 ; a =?",
+               "h = 3 + y , y = 0 + b , b = 9 - 8 ; h =?"],
+              ["l = 5 + j , j = 7 - b , b = 3 + 1 ; l =?",
+               "u = 2 + y , y = 6 - c , c = 7 - 6 ; u =?"]),
+    "2step_distractor": (["h = 1 + z , z = 0 + 1 , b = 9 - 8 ; h =?",
+                          "e = 0 - x , x = 0 + 0 , i = 3 + 0 ; e =?",
+                          "i = 3 + u , u = 3 + 1 , k = 7 - 0 ; i =?"],
+                         ["q = 7 - z , z = 0 + 5 , o = 4 + 5 ; q =?",
+                          "q = 2 + h , h = 3 + 1 , n = 9 - 4 ; q =?"]),
+    "2step_in_order": (["p = 7 - 5 , n = 5 + p ; n =?", "q = 7 - 6 , j = 4 - q ; j =?",
+                        "n = 1 + 1 , b = 4 + n ; b =?"],
+                       ["o = 4 + 5 , z = 0 + o ; z =?", "n = 8 - 4 , d = 7 - n ; d =?"]),
+}
+MIXES = ("++", "+-", "-+", "--")  # (v0's operator, v1's operator)
+
+
+def _mix(problems) -> list[int]:
+    c = Counter(p.formulas[0].op + p.formulas[1].op for p in problems)
+    return [c[m] for m in MIXES]
+
+
+@pytest.fixture(scope="module")
+def first_problems():
+    """Each config's full train and valid splits (the test split excludes both) and the
+    first two test problems (2step: the whole test split)."""
+    sizes = {"train": 100, "valid": 2000, "test": 2, "probing_train": 0}
+    return {c: F.make_splits(c, {**sizes, "test": 2000} if c == "2step" else sizes)
+            for c in ORIGINAL_FIRST}
+
+
+@pytest.fixture(scope="module")
+def splits_2step_full(first_problems):
+    return first_problems["2step"]
+
+
+@pytest.fixture(scope="module")
+def pairs(splits_2step_full):
+    return {mode: F.edit_pairs_for(splits_2step_full, mode=mode) for mode in F.MODES}
+
+
+@pytest.mark.parametrize("config", list(ORIGINAL_FIRST))
+def test_first_problems_are_the_originals(first_problems, config):
+    train, test = ORIGINAL_FIRST[config]
+    splits = first_problems[config]
+    assert [p.source for p in splits["train"][:3]] == train
+    assert [p.source for p in splits["test"][:2]] == test
+    assert F.few_shot_prompt(splits["train"]) == "".join(
+        p.source + p.target for p in splits["train"][:3])
+    assert F.few_shot_prompt(splits["train"]).startswith(train[0] + " ")
+
+
+def test_2step_test_split_has_the_originals_operator_mix(splits_2step_full):
+    # counted on the original's 2,000 test problems
+    assert _mix(splits_2step_full["test"]) == [375, 366, 610, 649]
+
+
+def test_draw_order_one_element_choices_consume_randomness():
+    """1step's substitution offers one operator and one format: both are still drawn, so
+    the next draws are the literal and v1's operator from a stream advanced by two calls."""
+    rng, ref = random.Random(42), random.Random(42)
+    drawn = D.draw_template("1step", rng)
+    ref.random()
+    letters = ref.sample(D.LETTERS, 26)
+    ref.choice("=")
+    ref.choice(("n",))
+    n0 = ref.randint(0, 9)
+    op = ref.choice("+-")
+    ref.choice(("nv",))
+    n1 = ref.randint(0, 9)
+    ref.random()
+    ref.choice((1,))
+    assert drawn == [(letters[-1], n0, None, None), (letters[-2], n1, op, letters[-1])]
+    assert rng.random() == ref.random()  # both streams at the same point
+
+
+# --------------------------------------------------------------------------- edit pairs
+
+def test_edit_pairs_follow_the_test_stream(pairs, splits_2step_full):
+    """Both modes' bases are drawn by the test split's generator (seed 44, excluding train
+    and valid): the bases are the test problems in order, minus the rejected edits."""
+    test = splits_2step_full["test"]
+    index = {p.key: i for i, p in enumerate(test)}
+    for mode in F.MODES:
+        positions = [index[pr.base.key] for pr in pairs[mode][:600]]
+        assert positions == sorted(positions) and len(set(positions)) == 600, mode
+
+
+def test_edit_pairs_change_only_v0s_second_operand(pairs):
+    for mode, ps in pairs.items():
+        assert len(ps) == F.EDIT_SIZE
+        for pr in ps:
+            b, e = pr.base, pr.edited
+            assert F.in_range(b) and F.in_range(e), mode
+            assert b.formulas[1] == e.formulas[1] and b.display == e.display == (1, 0)
+            assert b.formulas[0].right != e.formulas[0].right
+            assert dict(vars(b.formulas[0]), right=None) == dict(vars(e.formulas[0]), right=None)
+
+
+def test_faithful_edit_candidates_follow_v1s_operator():
+    # v0 = 4 + 5: the original takes the range from v1's operator and keeps the set's order
+    assert sorted(D.faithful_edit_candidates(4, 5, "-")) == [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4]
+    assert sorted(D.faithful_edit_candidates(4, 5, "+")) == [-4, -3, -2, -1, 0, 1, 2, 3, 4]
+    assert D.faithful_edit_candidates(4, 5, "-") == list(set(range(-5, 5)))  # set order
+    assert D.faithful_edit_candidates(4, 5, "-") != sorted(D.faithful_edit_candidates(4, 5, "-"))
+
+
+def test_faithful_keeps_the_operator_bias_fixed_removes_it(pairs, splits_2step_full):
+    test_mix = _mix(splits_2step_full["test"])
+    faithful, fixed = ([pr.base for pr in pairs[mode]] for mode in ("faithful", "fixed"))
+    faithful, fixed = _mix(faithful), _mix(fixed)
+    # faithful: a mismatched v0/v1 operator pair is edited less often, matched ones more
+    assert faithful[0] > test_mix[0] + 100 and faithful[3] > test_mix[3] + 150
+    assert faithful[1] < test_mix[1] - 100
+    # fixed: the edit set has the test split's mix (counts within ~3 standard deviations)
+    assert all(abs(a - b) <= 60 for a, b in zip(fixed, test_mix)), (fixed, test_mix)
+
+
+def test_fixed_edits_never_hit_another_pairs_base(pairs):
+    for mode in F.MODES:
+        bases = {pr.base.key for pr in pairs[mode]}
+        hits = sum(pr.edited.key in bases for pr in pairs[mode])
+        assert (hits == 0) if mode == "fixed" else (hits > 0), (mode, hits)
+
+
+def test_fixed_edit_is_uniform_over_valid_values():
+    # v0 = 4 - 2, v1 = 6 + v0: r' in 0..4 keeps v0 in range, 6 + (4 - r') <= 9 needs r' >= 1
+    p = Problem("2step", (Formula("o", 4, "-", 2), Formula("z", 6, "+", "o")), (1, 0))
+    rng = random.Random(0)
+    got = Counter(F.edit_second_operand(p, rng).formulas[0].right for _ in range(3000))
+    assert set(got) == {1, 3, 4} and min(got.values()) > 850
+    assert D.valid_edit_values(4, "-", 2, 6, "+") == [1, 3, 4]
+
+
+# --------------------------------------------------------------------------- general pool
+
+def test_general_pool_faithful_distribution():
+    pool = F.sample_problems("general_3formulas", 600, F.SPLIT_SEEDS["train"], mode="faithful")
+    last = sum(p.question in (2, -1) for p in pool)
+    assert 150 <= last <= 250  # a random one of three variables is asked
+    for p in pool:
+        names = [f.var for f in p.formulas]
+        for i, f in enumerate(p.formulas):
+            assert f.refs in ((), (names[i - 1],))  # only the variable defined just before
+        assert p.cot[0] == p.formulas[p.question].text() and p.answer == p.values[p.query]
+        assert p.source.endswith(f"; {p.query} =?")
+    # the kinds are drawn 2:2:2:1:1 (the range check then favours the number-only ones)
+    rng, kinds = random.Random(0), Counter()
+    while sum(kinds.values()) < 2400:
+        p = F.draw_problem("general_3formulas", rng, "faithful")
+        if p is None:  # a variable asked for before any was defined
+            continue
+        names = [f.var for f in p.formulas]
+        for f in p.formulas[1:]:
+            kinds[("v" if f.left in names else "n")
+                  + ("" if f.op is None else "v" if f.right in names else "n")] += 1
+    expected = {"n": 600, "v": 600, "nn": 600, "vn": 300, "nv": 300}
+    assert all(abs(kinds[k] - v) < 90 for k, v in expected.items()), kinds
+
+
+def test_general_pool_fixed_asks_the_last_variable():
+    pool = F.sample_problems("general_3formulas", 200, F.SPLIT_SEEDS["train"])
+    assert all(p.question == 2 for p in pool)
+    assert F.general_prompt(50) != F.general_prompt(50, mode="faithful")
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="mode='exact'"):
+        F.make_splits("2step", mode="exact")
+    with pytest.raises(ValueError, match="allowed"):
+        F.make_edit_pairs(2, mode="exact")
