@@ -200,3 +200,30 @@ def test_deep_models_scan_by_default():
     assert not LlamaConfig.tiny(num_layers=32, scan_layers=False).scanned
     with pytest.raises(ValueError, match="remat"):
         GPT2Config.tiny(remat="sometimes")
+
+
+def test_weights_and_lora_work_on_stacked_blocks(llama_pair):
+    """Value vectors, neuron edits and LoRA adapters read and write the stacked leaves as
+    they do the per-layer ones."""
+    from jaxreason.models import weights as W
+    from jaxreason.train.lora import add_lora, merge_lora
+
+    model, params, scanned, sparams = llama_pair
+    np.testing.assert_array_equal(W.value_vectors(scanned, sparams, 2),
+                                  W.value_vectors(model, params, 2))
+    edits = {1: [3, 7], 2: [0]}
+    got = layout.unrolled(model, W.zero_neurons(scanned, sparams, edits))
+    for x, y in zip(jax.tree_util.tree_leaves(W.zero_neurons(model, params, edits)),
+                    jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(x, y)
+    adapted = add_lora(sparams, scanned, rank=2)
+    node = adapted["layers"]["mlp"]["down_proj"]
+    assert node["lora_a"].shape == (L, model.config.intermediate_size, 2)
+    node["lora_b"] = jnp.full(node["lora_b"].shape, 0.05)  # make the adapters matter
+    ids, mask = _batch()
+    a = scanned.jit_apply(adapted, ids, mask).logits
+    b = model.jit_apply(layout.unrolled(model, adapted), ids, mask).logits
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    merged = scanned.jit_apply(merge_lora(adapted), ids, mask).logits
+    np.testing.assert_allclose(merged, a, atol=1e-4)
+    assert np.abs(a - scanned.jit_apply(sparams, ids, mask).logits).max() > 1e-3
