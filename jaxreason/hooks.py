@@ -469,6 +469,10 @@ def _check_spec(name: str, spec, x, axis: int, length: int, runtime: bool = Fals
                              f"heads; expected ({heads},) or ({b}, {heads}) for a batch of {b}")
 
 
+# The same check for code that applies specs itself (blocks under scan, models/block_stack.py).
+check_spec = _check_spec
+
+
 # ----------------------------------------------------------------------------- the runner
 
 @dataclasses.dataclass(frozen=True)

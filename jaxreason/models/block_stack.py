@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreason.hooks import (HOOK_TEMPLATES, HookRunner, _check_spec, block_name, layer_of,
+from jaxreason.hooks import (HOOK_TEMPLATES, HookRunner, block_name, check_spec, layer_of,
                              position_axis)
 from jaxreason.models.config import dtype_of
 
@@ -165,9 +165,9 @@ class ScanHooks:
                 groups.setdefault(_spec_key(spec), []).append((layer, spec))
         for name, spec in plan.interventions.items():  # concrete contents checked here, once
             if layer_of(name) is not None:
-                _check_spec(name, spec, hook_struct(config, leaf_of(name), batch, t,
+                check_spec(name, spec, hook_struct(config, leaf_of(name), batch, t,
                                                     runner.length, z_dtype),
-                            position_axis(name), runner.length, plan.runtime_checks)
+                           position_axis(name), runner.length, plan.runtime_checks)
         for leaf, groups in by_leaf.items():
             for members in groups.values():
                 members.sort(key=lambda m: m[0])

@@ -66,15 +66,16 @@ def main():
     print(f"jax {jax.__version__} on {jax.default_backend()}; Llama d=256, batch {a.batch} x "
           f"{a.seq}; trace+lower and compile seconds, best of {a.repeats}")
     (m0, o0), w0 = (machine_cpu_seconds(), own_cpu_seconds()), time.perf_counter()
-    results = {L: {layout: measure(L, layout == "scanned", a) for layout in ("unrolled", "scanned")}
-               for L in depths}
-    m1, o1, wall = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - w0
     head = f"{'layers':>6s} {'program':16s} {'unrolled s':>11s} {'scanned s':>10s} {'ratio':>6s}"
-    print("\n" + head + "\n" + "-" * len(head))
-    for L, r in results.items():
+    print("\n" + head + "\n" + "-" * len(head), flush=True)
+    results = {}
+    for L in depths:  # one depth at a time, printed as it finishes
+        r = results[L] = {layout: measure(L, layout == "scanned", a)
+                          for layout in ("unrolled", "scanned")}
         for name in r["unrolled"]:
             u, s = r["unrolled"][name]["total_s"], r["scanned"][name]["total_s"]
-            print(f"{L:6d} {name:16s} {u:11.2f} {s:10.2f} {u / s:5.1f}x")
+            print(f"{L:6d} {name:16s} {u:11.2f} {s:10.2f} {u / s:5.1f}x", flush=True)
+    m1, o1, wall = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - w0
     if m0 is not None:
         others = max(0.0, (m1 - m0 - o1 + o0) / wall)
         print(f"other processes used {others:.2f} of {os.cpu_count()} cores on average during "
