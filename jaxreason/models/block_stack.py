@@ -160,14 +160,14 @@ class ScanHooks:
         by_leaf: dict[str, dict[Any, list[tuple[int, Any]]]] = {}
         for name, spec in plan.interventions.items():
             layer = layer_of(name)
-            if layer is not None:
-                groups = by_leaf.setdefault(leaf_of(name), {})
-                groups.setdefault(_spec_key(spec), []).append((layer, spec))
-        for name, spec in plan.interventions.items():  # concrete contents checked here, once
-            if layer_of(name) is not None:
-                check_spec(name, spec, hook_struct(config, leaf_of(name), batch, t,
-                                                    runner.length, z_dtype),
-                           position_axis(name), runner.length, plan.runtime_checks)
+            if layer is None:
+                continue
+            # shapes and concrete contents checked here, once, under the layer's own name
+            check_spec(name, spec, hook_struct(config, leaf_of(name), batch, t, runner.length,
+                                               z_dtype),
+                       position_axis(name), runner.length, plan.runtime_checks)
+            groups = by_leaf.setdefault(leaf_of(name), {})
+            groups.setdefault(_spec_key(spec), []).append((layer, spec))
         for leaf, groups in by_leaf.items():
             for members in groups.values():
                 members.sort(key=lambda m: m[0])
@@ -273,7 +273,8 @@ class ScannedView:
         keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at)
         values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), at)
         self.state["cache"] = (keys, values)
-        take = lambda a: jax.lax.dynamic_index_in_dim(a, self.layer, 0, keepdims=False)  # noqa: E731
+        def take(a):
+            return jax.lax.dynamic_index_in_dim(a, self.layer, 0, keepdims=False)
         return take(keys), take(values)
 
     def close(self, x):
