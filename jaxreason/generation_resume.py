@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from jaxreason import atomic
+from jaxreason.models.config import EXECUTION_OPTIONS
 from jaxreason.probe.array_store import ArrayWriter
 
 
@@ -90,6 +91,8 @@ def model_identity(model, params) -> dict:
     same digest on every backend), so a store is never resumed with another model."""
     config = getattr(model, "config", None)
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    if isinstance(config, dict):  # how the model runs (scan, remat, attention) is no identity
+        config = {k: v for k, v in config.items() if k not in EXECUTION_OPTIONS}
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         grid = tuple(slice(None, None, max(1, n // 8)) for n in np.shape(leaf))

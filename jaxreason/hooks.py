@@ -469,6 +469,10 @@ def _check_spec(name: str, spec, x, axis: int, length: int, runtime: bool = Fals
                              f"heads; expected ({heads},) or ({b}, {heads}) for a batch of {b}")
 
 
+# The same check for code that applies specs itself (blocks under scan, models/block_stack.py).
+check_spec = _check_spec
+
+
 # ----------------------------------------------------------------------------- the runner
 
 @dataclasses.dataclass(frozen=True)
@@ -566,7 +570,9 @@ class HookRunner:
             self.captured[name] = self._capture(name, x, axis)
         return x
 
-    def _capture(self, name: str, x, axis: int):
+    def _capture(self, name: str, x, axis: int, layer=None):
+        """The captured value of ``x`` at ``name``. ``layer``: the block index when it is a
+        traced value (blocks under scan); by default the one in ``name``."""
         request = self.plan.capture[name]
         where = f"capture of {name!r}"
         if request is None:
@@ -575,7 +581,7 @@ class HookRunner:
         if not isinstance(request, Reduction):
             check_positions(request, self.length, where, batch=batch, runtime=runtime)
             return _select(x, request, self.slots, axis)
-        layer = layer_of(name)
+        layer = layer_of(name) if layer is None else layer
         request.check(where, tuple(x.shape), layer, self.plan.num_layers)
         xt = _move_pos_first(x, axis)  # (B, T, ...)
         valid = self.valid

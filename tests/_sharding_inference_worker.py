@@ -17,7 +17,10 @@ from jaxreason.models.generate import generate, prefill_prefix
 def main():
     assert jax.device_count() == 8, jax.devices()
     report = {}
-    for config in (GPT2Config.tiny(), LlamaConfig.tiny()):
+    meshes = (sh.MeshConfig(data=8), sh.MeshConfig(data=2, fsdp=2, tensor=2))
+    # the blocks under scan (stacked parameters and cache) on the mixed mesh
+    for config, mesh_cfgs in ((GPT2Config.tiny(), meshes), (LlamaConfig.tiny(), meshes),
+                              (LlamaConfig.tiny(scan_layers=True), meshes[1:])):
         model, params = from_config(config, seed=3)
         ids = np.random.default_rng(0).integers(3, 128, (8, 10)).astype(np.int32)
         mask = np.ones_like(ids)
@@ -27,7 +30,7 @@ def main():
         prefix = prefill_prefix(model, params, [4, 5, 6])
         ref_gen = generate(model, params, ids, mask, max_new_tokens=6, prefix=prefix,
                            capture="blocks.0.hook_resid_post")
-        for mesh_cfg in (sh.MeshConfig(data=8), sh.MeshConfig(data=2, fsdp=2, tensor=2)):
+        for mesh_cfg in mesh_cfgs:
             mesh = sh.make_mesh(mesh_cfg)
             shardings = sh.model_shardings(model, mesh)
             p = sh.place(params, shardings)
@@ -39,8 +42,10 @@ def main():
                            capture="blocks.0.hook_resid_post")
             with tempfile.TemporaryDirectory() as d:
                 save_pretrained(model, params, d)
-                _, loaded = load_pretrained(d, shardings=shardings)
-            key = f"{config.family}/{mesh_cfg.data}x{mesh_cfg.fsdp}x{mesh_cfg.tensor}"
+                _, loaded = load_pretrained(d, shardings=shardings,
+                                            scan_layers=config.scan_layers)
+            name = config.family + ("-scan" if config.scanned else "")
+            key = f"{name}/{mesh_cfg.data}x{mesh_cfg.fsdp}x{mesh_cfg.tensor}"
             report[key] = {
                 "logits": float(jnp.abs(out.logits - ref.logits).max()),
                 "captures": max(float(jnp.abs(out.captured[k] - ref.captured[k]).max())

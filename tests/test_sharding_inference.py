@@ -12,7 +12,8 @@ def report(fake_devices):
 
 
 def test_every_family_and_mesh_ran(report):
-    assert sorted(report) == ["gpt2/2x2x2", "gpt2/8x1x1", "llama/2x2x2", "llama/8x1x1"]
+    assert sorted(report) == ["gpt2/2x2x2", "gpt2/8x1x1", "llama-scan/2x2x2", "llama/2x2x2",
+                              "llama/8x1x1"]
 
 
 def test_sharded_forward_and_captures_match_single_device(report):
@@ -32,3 +33,4 @@ def test_hf_checkpoint_loads_straight_into_the_sharding(report):
     for key, r in report.items():
         assert r["loaded_shardings_match"], key
     assert report["llama/2x2x2"]["some_param_split"]
+    assert report["llama-scan/2x2x2"]["some_param_split"]

@@ -25,6 +25,13 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Models this deep run their blocks under scan unless the config says otherwise: below it,
+# compiling the unrolled blocks is quick and the per-layer parameter tree is the simpler one.
+SCAN_MIN_LAYERS = 16
+REMAT_CHOICES = ("none", "block", "dots")
+ATTENTION_CHOICES = ("auto", "explicit")
+# config fields that choose how a model runs, not what it computes
+EXECUTION_OPTIONS = ("scan_layers", "remat", "attention_impl")
 
 # Keys every HF config.json may carry that do not change the forward pass.
 _HF_HARMLESS = frozenset({
@@ -86,6 +93,19 @@ class BaseConfig:
       tie_word_embeddings: the LM head reuses the token embedding matrix.
       dtype: compute dtype of matmuls; softmax and norms always run in float32.
       param_dtype: storage dtype of the parameters.
+
+    Execution options (how the model runs, not what it computes; never written to HF files):
+      scan_layers: stack the blocks' parameters (leading axis L) and run the blocks under
+        ``nn.scan``, so compile time does not grow with depth. None (the default) scans
+        models with at least :data:`SCAN_MIN_LAYERS` blocks. Every hook works in both
+        layouts; ``jaxreason.models.layout`` converts parameter trees between them.
+      remat: activation checkpointing of each block for training: ``none``, ``block`` (keep
+        only the block inputs, recompute the rest in the backward pass) or ``dots`` (keep
+        the products with the weights, recompute the rest).
+      attention_impl: ``auto`` uses ``jax.nn.dot_product_attention`` in every layer whose
+        scores and pattern (``attn.hook_attn_scores``, ``attn.hook_pattern``) are neither
+        captured nor edited, and the explicit softmax path elsewhere; ``explicit`` always
+        uses the explicit path.
     """
 
     family: ClassVar[str] = "base"
@@ -98,6 +118,9 @@ class BaseConfig:
     tie_word_embeddings: bool = True
     dtype: str = "float32"
     param_dtype: str = "float32"
+    scan_layers: bool | None = None
+    remat: str = "none"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
@@ -107,6 +130,22 @@ class BaseConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)
+        _check_choice("remat", self.remat, REMAT_CHOICES)
+        _check_choice("attention_impl", self.attention_impl, ATTENTION_CHOICES)
+        if self.scan_layers not in (None, True, False):
+            raise ValueError(f"scan_layers={self.scan_layers!r} must be true, false or null "
+                             f"(null: scan models of {SCAN_MIN_LAYERS} or more layers)")
+
+    @property
+    def scanned(self) -> bool:
+        """Whether the blocks run under scan with stacked parameters (see ``scan_layers``)."""
+        if self.scan_layers is None:
+            return self.num_layers >= SCAN_MIN_LAYERS
+        return self.scan_layers
+
+    def execution_options(self) -> dict:
+        """The execution options (``scan_layers``, ``remat``, ``attention_impl``)."""
+        return {name: getattr(self, name) for name in EXECUTION_OPTIONS}
 
     @property
     def head_dim(self) -> int:

@@ -14,6 +14,8 @@ spells, and ``models/families.py`` lists them. A new family is therefore one new
 
 Parameter paths are tuples of key names in the bare parameter tree, e.g.
 ``("h_3", "mlp", "c_proj", "kernel")``; a block's module name is a template with ``{i}``.
+A model whose blocks run under scan stacks them into one module (``stacked_block``, ``"h"``)
+whose leaves have a leading layer axis; ``jaxreason.models.layout`` converts between the two.
 Kernels of jaxreason's dense layers are stored (in, out).
 """
 
@@ -113,6 +115,18 @@ class Family:
     def block_name(self, layer: int) -> str:
         """The module name of block ``layer`` (``"h_3"``)."""
         return self.block.format(i=layer)
+
+    @property
+    def stacked_block(self) -> str:
+        """The module name of the blocks stacked for scan (``"h"``, ``"layers"``): the block
+        template without its index. Its leaves carry a leading L axis."""
+        return self.block.replace("_{i}", "").replace("{i}", "")
+
+    def layer_path(self, stacked_path: Iterable[str], layer: int) -> Path:
+        """The unrolled path of layer ``layer``'s slice of a stacked leaf:
+        ``("h", "mlp", "c_fc", "kernel"), 3`` -> ``("h_3", "mlp", "c_fc", "kernel")``."""
+        stacked_path = tuple(stacked_path)
+        return (self.block_name(layer), *stacked_path[1:])
 
     def down_proj_kernel(self, layer: int) -> Path:
         """Path of block ``layer``'s MLP down-projection kernel."""

@@ -80,9 +80,7 @@ def extend_cache(cache: KVCache, max_len: int) -> KVCache:
         raise ValueError(f"cannot shrink a cache of {cache.max_len} slots to {max_len}")
     if extra == 0:
         return cache
-    pad = lambda a: jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
-    return cache.replace(keys=tuple(map(pad, cache.keys)), values=tuple(map(pad, cache.values)),
-                         key_valid=pad(cache.key_valid), key_pos=pad(cache.key_pos))
+    return cache.with_free_slots(extra)  # per-layer or stacked (scanned models) layout
 
 
 def left_align(input_ids, attention_mask):

@@ -14,7 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxreason.hooks import HOOK_TEMPLATES, block_name
+from typing import Any
+
+from jaxreason.hooks import HOOK_TEMPLATES
+from jaxreason.models.block_stack import open_block, run_blocks
 from jaxreason.models.config import GPT2Config, dtype_of
 from jaxreason.models.family import Family
 from jaxreason.models.layers import (Context, LayerNorm, attention_core, dense, logical,
@@ -30,52 +33,54 @@ ACTIVATIONS = {
 
 class GPT2Attention(nn.Module):
     config: GPT2Config
-    layer: int
 
     @nn.compact
-    def __call__(self, ctx: Context, h):
+    def __call__(self, view, h):
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         b, t, d = h.shape
         qkv = dense(3 * d, "c_attn", ("embed", "qkv"), use_bias=True, dtype=dt,
                     param_dtype=pdt)(h)  # (B, T, 3D)
         q, k, v = (a.reshape(b, t, c.num_heads, c.head_dim) for a in jnp.split(qkv, 3, axis=-1))
-        z = attention_core(ctx, self.layer, q, k, v)  # (B, T, H, E)
+        z = attention_core(view, q, k, v)  # (B, T, H, E)
         return dense(d, "c_proj", ("heads", "embed"), use_bias=True, dtype=dt, param_dtype=pdt,
                      std=0.02 / (2 * c.num_layers) ** 0.5)(z.reshape(b, t, d))
 
 
 class GPT2MLP(nn.Module):
     config: GPT2Config
-    layer: int
 
     @nn.compact
-    def __call__(self, ctx: Context, h):
+    def __call__(self, view, h):
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         pre = dense(c.intermediate_size, "c_fc", ("embed", "mlp"), use_bias=True, dtype=dt,
                     param_dtype=pdt)(h)
-        pre = ctx.hooks(block_name(self.layer, "mlp.hook_pre"), pre)
-        post = ctx.hooks(block_name(self.layer, "mlp.hook_post"), ACTIVATIONS[c.activation](pre))
+        pre = view.hook("mlp.hook_pre", pre)
+        post = view.hook("mlp.hook_post", ACTIVATIONS[c.activation](pre))
         return dense(c.hidden_size, "c_proj", ("mlp", "embed"), use_bias=True, dtype=dt,
                      param_dtype=pdt, std=0.02 / (2 * c.num_layers) ** 0.5)(post)
 
 
 class GPT2Block(nn.Module):
+    """One block; ``layer`` is None under scan (see ``models/block_stack.py``)."""
+
     config: GPT2Config
-    layer: int
+    ctx: Any
+    layer: int | None = None
 
     @nn.compact
-    def __call__(self, ctx: Context, x):
+    def __call__(self, carry, xs):
         c = self.config
         pdt = dtype_of(c.param_dtype)
-        attn = GPT2Attention(c, self.layer, name="attn")
-        mlp = GPT2MLP(c, self.layer, name="mlp")
-        return residual_block(ctx, self.layer, x,
-                              LayerNorm(c.layer_norm_epsilon, pdt, name="ln_1"),
-                              lambda h: attn(ctx, h),
-                              LayerNorm(c.layer_norm_epsilon, pdt, name="ln_2"),
-                              lambda h: mlp(ctx, h))
+        view, x = open_block(self.ctx, self.layer, carry, xs)
+        attn = GPT2Attention(c, name="attn")
+        mlp = GPT2MLP(c, name="mlp")
+        x = residual_block(view, x, LayerNorm(c.layer_norm_epsilon, pdt, name="ln_1"),
+                           lambda h: attn(view, h),
+                           LayerNorm(c.layer_norm_epsilon, pdt, name="ln_2"),
+                           lambda h: mlp(view, h))
+        return view.close(x)
 
 
 def final_norm(c: GPT2Config, name: str | None = None) -> LayerNorm:
@@ -99,8 +104,7 @@ class GPT2Module(nn.Module):
                        embedding_init=logical(nn.initializers.normal(0.01), (None, "embed")))
         x = ctx.hooks("hook_embed", wte(input_ids))
         x = x + ctx.hooks("hook_pos_embed", wpe(ctx.positions))
-        for i in range(c.num_layers):
-            x = GPT2Block(c, i, name=f"h_{i}")(ctx, x)
+        x = run_blocks(ctx, x, GPT2Block, c, FAMILY.block, FAMILY.stacked_block)
         x = final_norm(c, name="ln_f")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
         return tied_logits(x, wte.embedding).astype(jnp.float32)

@@ -12,7 +12,9 @@ tensor is left over (except known buffers), so a mismatched checkpoint is an err
 silently half-loaded model.
 
 Tensors are read one at a time from memory-mapped safetensors, cast straight to the target
-dtype and placed on the device (or sharding) they will live on.
+dtype and placed on the device (or sharding) they will live on. A model whose blocks run
+under scan (stacked parameters, ``config.scanned``) reads each stacked leaf as its L
+per-layer tensors stacked on the host, and exports by slicing it back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreason.atomic import write_json
-from jaxreason.models.config import DTYPES, BaseConfig
+from jaxreason.models.config import DTYPES, EXECUTION_OPTIONS, BaseConfig
+from jaxreason.models import layout
 from jaxreason.models.export_dir import export_into
 from jaxreason.models.families import config_from_hf, family_of
 from jaxreason.models.lm import CausalLM
@@ -66,7 +69,8 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                     param_dtype: str | None = None, strict: bool = True,
-                    shardings: Any = None, progress: bool = False) -> tuple[CausalLM, dict]:
+                    shardings: Any = None, progress: bool = False,
+                    **options) -> tuple[CausalLM, dict]:
     """Load a local HF checkpoint directory into a jaxreason model.
 
     Args:
@@ -78,11 +82,19 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
       shardings: optional tree like the params (or a function path -> sharding) giving where
         each tensor goes; by default the first device.
       progress: show a progress bar over tensors.
+      options: execution options of the config (``scan_layers``, ``remat``,
+        ``attention_impl``; see ``BaseConfig``), e.g. ``scan_layers=False`` to keep a deep
+        model's blocks unrolled.
     Returns:
       ``(model, params)``.
     """
     d = _local_dir(path)
+    bad = sorted(set(options) - set(EXECUTION_OPTIONS))
+    if bad:
+        raise TypeError(f"load_pretrained got unknown options {bad}; allowed: "
+                        f"{list(EXECUTION_OPTIONS)}")
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v}
+    overrides.update({k: v for k, v in options.items() if v is not None})
     try:
         config = config_from_hf(read_hf_config(d), strict=strict, **overrides)
     except (ValueError, TypeError) as e:
@@ -104,7 +116,7 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
     wanted = flatten(model.param_shapes())
     place = _placement(shardings)
     loaded, used = {}, set()
-    for path, spec in tqdm(wanted.items(), desc="loading tensors", disable=not progress):
+    def read(path, shape):
         key, transposed = family.hf_key(path)
         bare = key[len(family.hf_prefix):]
         if (key not in ckpt and family.hf_prefix_optional and key.startswith(family.hf_prefix)
@@ -112,19 +124,26 @@ def load_params(directory: str | os.PathLike, model: CausalLM, *, shardings: Any
             key = bare
         if key not in ckpt:
             raise KeyError(f"checkpoint {directory} lacks tensor {key!r} (for parameter "
-                           f"{'/'.join(path)} of shape {spec.shape}): {ckpt.source.name} does "
+                           f"{'/'.join(path)} of shape {shape}): {ckpt.source.name} does "
                            f"not list it")
-        want = tuple(reversed(spec.shape)) if transposed else tuple(spec.shape)
+        want = tuple(reversed(shape)) if transposed else tuple(shape)
         if ckpt.shape(key) != want:
             raise ValueError(f"{ckpt.file_of(key)}: checkpoint tensor {key!r} has shape "
                              f"{ckpt.shape(key)}; config.json implies {want}"
                              f"{' (stored transposed, (out, in))' if transposed else ''} "
                              f"for parameter {'/'.join(path)}")
         arr = ckpt.get(key)
-        if transposed:
-            arr = arr.T
-        loaded[path] = place(path, np.asarray(arr, dtype=target_dtype))
         used.add(key)
+        return np.asarray(arr.T if transposed else arr, dtype=target_dtype)
+
+    for path, spec in tqdm(wanted.items(), desc="loading tensors", disable=not progress):
+        if cfg.scanned and path[0] == family.stacked_block:
+            # blocks under scan: layer i's tensor is row i of the stacked leaf
+            arr = np.stack([read(family.layer_path(path, i), spec.shape[1:])
+                            for i in range(cfg.num_layers)])
+        else:
+            arr = read(path, spec.shape)
+        loaded[path] = place(path, arr)
     leftover = [k for k in ckpt.keys() if k not in used and not family.is_hf_buffer(k)]
     if cfg.tie_word_embeddings:
         leftover = [k for k in leftover if k != family.hf_tied_head]
@@ -163,6 +182,8 @@ def to_hf_state_dict(model: CausalLM, params: dict, dtype: str | None = None) ->
         raise ValueError(f"params hold LoRA adapters ({lora[0]}, ...); merge them into the base "
                          "weights first with jaxreason.train.lora.merge_lora")
     model.check_params(tree)
+    if model.config.scanned:  # HF names one tensor per layer: slice the stacked leaves
+        flat = flatten(layout.unrolled(model, jax.device_get(tree)))
     out = {}
     family = family_of(model)
     for path, value in flat.items():

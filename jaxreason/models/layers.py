@@ -3,7 +3,9 @@ and the hook sequence of a pre-norm residual block.
 
 The model files (``gpt2.py``, ``llama.py``) only define parameters and projections with
 HuggingFace names; everything that reads or edits activations lives here, so a hook behaves
-the same way in both families.
+the same way in both families. Code inside a block reaches its hooks and its slice of the
+cache through a block view (``models/block_stack.py``), which is what lets the same block
+run unrolled, under ``nn.scan`` or under activation checkpointing.
 
 Shape alphabet: B batch, T query positions, S key slots, D model, H query heads,
 K key/value heads, G = H // K query heads per KV head, E head width, F MLP width.
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxreason.hooks import HookRunner, block_name
+from jaxreason.hooks import HookRunner
 from jaxreason.models.config import LlamaConfig
 
 Initializer = Callable[..., jax.Array]
@@ -178,10 +180,14 @@ class KVCache:
     ``length`` slots of ``max_len`` are filled; all rows share slot numbering (so a hook
     position means the same slot in every row), while ``next_pos`` tracks each row's own
     position id, which differs under padding.
+
+    Unrolled models keep one (B, S, K, E) array per layer (a tuple); models whose blocks run
+    under scan keep one stacked (L, B, S, K, E) array, which the scan reads and writes layer
+    by layer (``stacked`` tells which).
     """
 
-    keys: tuple  # L x (B, S, K, E)
-    values: tuple  # L x (B, S, K, E)
+    keys: Any  # L x (B, S, K, E), or (L, B, S, K, E) stacked
+    values: Any  # as keys
     key_valid: jax.Array  # (B, S) bool: slot holds a real token
     key_pos: jax.Array  # (B, S) int32: position id of the token in each slot
     length: jax.Array  # () int32: slots filled
@@ -195,40 +201,74 @@ class KVCache:
     def batch(self) -> int:
         return self.key_valid.shape[0]
 
+    @property
+    def stacked(self) -> bool:
+        """True for the (L, B, S, K, E) layout of scanned models."""
+        return not isinstance(self.keys, (tuple, list))
+
     @classmethod
     def create(cls, config, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = dtype or jnp.dtype(config.dtype)
         shape = (batch, max_len, config.num_kv_heads, config.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-        return cls(keys=zeros, values=tuple(jnp.zeros(shape, dtype)
-                                            for _ in range(config.num_layers)),
+        if config.scanned:
+            keys = jnp.zeros((config.num_layers, *shape), dtype)
+            values = jnp.zeros((config.num_layers, *shape), dtype)
+        else:
+            keys = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+            values = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        return cls(keys=keys, values=values,
                    key_valid=jnp.zeros((batch, max_len), bool),
                    key_pos=jnp.zeros((batch, max_len), jnp.int32),
                    length=jnp.zeros((), jnp.int32), next_pos=jnp.zeros((batch,), jnp.int32))
+
+    def _map_kv(self, fn) -> tuple:
+        """``(keys, values)`` with ``fn(array, batch_axis)`` applied to every layer's."""
+        if self.stacked:
+            return fn(self.keys, 1), fn(self.values, 1)
+        return (tuple(fn(a, 0) for a in self.keys), tuple(fn(a, 0) for a in self.values))
 
     def broadcast(self, batch: int) -> "KVCache":
         """Repeat a batch-1 cache (a shared prompt prefix) for ``batch`` rows."""
         if self.batch != 1:
             raise ValueError(f"only a batch-1 prefix cache can be broadcast, got batch {self.batch}")
-        rep = lambda a: jnp.repeat(a, batch, axis=0)  # noqa: E731
-        return self.replace(keys=tuple(map(rep, self.keys)), values=tuple(map(rep, self.values)),
-                            key_valid=rep(self.key_valid), key_pos=rep(self.key_pos),
-                            next_pos=rep(self.next_pos))
+        rep = lambda a, axis=0: jnp.repeat(a, batch, axis=axis)  # noqa: E731
+        keys, values = self._map_kv(rep)
+        return self.replace(keys=keys, values=values, key_valid=rep(self.key_valid),
+                            key_pos=rep(self.key_pos), next_pos=rep(self.next_pos))
+
+    def with_free_slots(self, extra: int) -> "KVCache":
+        """The cache with ``extra`` more empty slots at the end."""
+        def pad(a, batch_axis=0):
+            widths = [(0, 0)] * a.ndim
+            widths[batch_axis + 1] = (0, extra)
+            return jnp.pad(a, widths)
+        keys, values = self._map_kv(pad)
+        return self.replace(keys=keys, values=values, key_valid=pad(self.key_valid),
+                            key_pos=pad(self.key_pos))
 
 
 # ----------------------------------------------------------------------------- per-call context
 
 @dataclasses.dataclass
 class Context:
-    """Everything one forward call threads through the blocks (lives only during a trace)."""
+    """Everything one forward call threads through the blocks (lives only during a trace).
+
+    ``new_kv`` collects the cache after this call: a list of per-layer (keys, values) pairs
+    for unrolled blocks, or the stacked (keys, values) pair a scan returns.
+    ``plain_causal``: no padding mask, no cache and default positions, so the mask is the
+    causal (and sliding-window) one and fused attention may build it itself.
+    """
 
     hooks: HookRunner
     positions: jax.Array  # (B, T) position ids (RoPE / learned positions)
     mask: jax.Array  # (B, 1, T, S) bool: query may attend to key slot
     offset: Any  # int or () array: slot of the first query
     cache: KVCache | None
-    new_keys: list = dataclasses.field(default_factory=list)
-    new_values: list = dataclasses.field(default_factory=list)
+    plain_causal: bool = False
+    sliding_window: int | None = None
+    attention_impl: str = "auto"  # the config's choice; see BaseConfig.attention_impl
+    scan_hooks: Any = None  # the requests as per-layer data, while blocks run under scan
+    new_kv: Any = dataclasses.field(default_factory=list)
 
 
 def build_context(hooks_plan, input_ids, attention_mask, position_ids, cache, sliding_window):
@@ -258,8 +298,9 @@ def build_context(hooks_plan, input_ids, attention_mask, position_ids, cache, sl
     if sliding_window is not None:
         allowed &= (positions[:, :, None] - key_pos[:, None, :]) < sliding_window
     runner = HookRunner(hooks_plan, slots, s, valid=mask)
+    plain = attention_mask is None and position_ids is None and cache is None
     ctx = Context(hooks=runner, positions=positions, mask=allowed[:, None], offset=offset,
-                  cache=cache)
+                  cache=cache, plain_causal=plain, sliding_window=sliding_window)
     return ctx, mask, key_valid, key_pos
 
 
@@ -268,38 +309,22 @@ def finish_cache(ctx: Context, mask, key_valid, key_pos):
     cache = ctx.cache
     if cache is None:
         return None
+    if cache.stacked:
+        keys, values = ctx.new_kv
+    else:
+        keys, values = tuple(k for k, _ in ctx.new_kv), tuple(v for _, v in ctx.new_kv)
     t = mask.shape[1]
-    return cache.replace(keys=tuple(ctx.new_keys), values=tuple(ctx.new_values),
-                         key_valid=key_valid, key_pos=key_pos, length=cache.length + t,
+    return cache.replace(keys=keys, values=values, key_valid=key_valid, key_pos=key_pos,
+                         length=cache.length + t,
                          next_pos=cache.next_pos + mask.sum(1).astype(jnp.int32))
 
 
 # ----------------------------------------------------------------------------- attention core
 
-def attention_core(ctx: Context, i: int, q, k, v, rope_inv_freq_=None):
-    """Hooks, RoPE, cache update and softmax attention for layer ``i``.
+def explicit_attention(q, k, v, mask, hook):
+    """Softmax attention with the scores and the pattern materialised at their hooks.
 
-    Args:
-      q: (B, T, H, E) queries; k, v: (B, T, K, E) keys and values of this call's tokens.
-      rope_inv_freq_: (E/2,) RoPE frequencies, or None for models with learned positions.
-    Returns:
-      z: (B, T, H, E) per-head outputs, after ``attn.hook_z``.
-    """
-    hk = ctx.hooks
-    name = lambda leaf: block_name(i, "attn." + leaf)  # noqa: E731
-    q = hk(name("hook_q"), q)
-    k = hk(name("hook_k"), k)
-    v = hk(name("hook_v"), v)
-    if rope_inv_freq_ is not None:
-        q = hk(name("hook_rot_q"), apply_rope(q, ctx.positions, rope_inv_freq_))
-        k = hk(name("hook_rot_k"), apply_rope(k, ctx.positions, rope_inv_freq_))
-    if ctx.cache is not None:
-        k = jax.lax.dynamic_update_slice(ctx.cache.keys[i], k.astype(ctx.cache.keys[i].dtype),
-                                         (0, ctx.offset, 0, 0))
-        v = jax.lax.dynamic_update_slice(ctx.cache.values[i],
-                                         v.astype(ctx.cache.values[i].dtype), (0, ctx.offset, 0, 0))
-        ctx.new_keys.append(k)
-        ctx.new_values.append(v)
+    q: (B, T, H, E); k, v: (B, S, K, E); mask: (B, 1, T, S) bool. Returns (B, T, H, E)."""
     b, t, h, e = q.shape
     kv = k.shape[2]
     g = h // kv
@@ -307,26 +332,67 @@ def attention_core(ctx: Context, i: int, q, k, v, rope_inv_freq_=None):
     scores = jnp.einsum("btkge,bske->bkgts", qg, k.astype(q.dtype),
                         preferred_element_type=jnp.float32) / math.sqrt(e)
     scores = scores.reshape(b, h, t, -1)  # (B, H, T, S)
-    scores = jnp.where(ctx.mask, scores, jnp.finfo(jnp.float32).min)
-    scores = hk(name("hook_attn_scores"), scores)
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    scores = hook("attn.hook_attn_scores", scores)
     pattern = jax.nn.softmax(scores, axis=-1)
-    pattern = hk(name("hook_pattern"), pattern)
+    pattern = hook("attn.hook_pattern", pattern)
     pg = pattern.reshape(b, kv, g, t, -1).astype(v.dtype)
-    z = jnp.einsum("bkgts,bske->btkge", pg, v).reshape(b, t, h, e)
-    return hk(name("hook_z"), z)
+    return jnp.einsum("bkgts,bske->btkge", pg, v).reshape(b, t, h, e)
 
 
-def residual_block(ctx: Context, i: int, x, norm1, attend, norm2, mlp):
+def fused_attention(q, k, v, mask, plain_causal: bool, sliding_window: int | None):
+    """The same attention through ``jax.nn.dot_product_attention`` (cuDNN flash attention on
+    GPUs where it applies, XLA elsewhere), which never hands the scores to Python.
+
+    A plain causal call (no padding, no cache) passes ``is_causal`` and the window instead of
+    the mask, the form fused kernels take."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    k, vq = k.astype(q.dtype), v.astype(q.dtype)
+    if plain_causal:
+        window = None if sliding_window is None else (sliding_window - 1, 0)
+        z = jax.nn.dot_product_attention(q, k, vq, scale=scale, is_causal=True,
+                                         local_window_size=window)
+    else:
+        z = jax.nn.dot_product_attention(q, k, vq, mask=mask, scale=scale)
+    return z.astype(v.dtype)
+
+
+def attention_core(view, q, k, v, rope_inv_freq_=None):
+    """Hooks, RoPE, cache update and softmax attention for one layer.
+
+    Args:
+      view: the block's view (``models/block_stack.py``): its hooks, positions, mask, cache.
+      q: (B, T, H, E) queries; k, v: (B, T, K, E) keys and values of this call's tokens.
+      rope_inv_freq_: (E/2,) RoPE frequencies, or None for models with learned positions.
+    Returns:
+      z: (B, T, H, E) per-head outputs, after ``attn.hook_z``.
+    """
+    q = view.hook("attn.hook_q", q)
+    k = view.hook("attn.hook_k", k)
+    v = view.hook("attn.hook_v", v)
+    if rope_inv_freq_ is not None:
+        q = view.hook("attn.hook_rot_q", apply_rope(q, view.ctx.positions, rope_inv_freq_))
+        k = view.hook("attn.hook_rot_k", apply_rope(k, view.ctx.positions, rope_inv_freq_))
+    k, v = view.cache_kv(k, v)  # (B, S, K, E): the cache's keys with this call's written in
+    ctx = view.ctx
+    if view.fused_attention:
+        plain = ctx.plain_causal and k.shape[1] == q.shape[1]
+        z = fused_attention(q, k, v, ctx.mask, plain, ctx.sliding_window)
+    else:
+        z = explicit_attention(q, k, v, ctx.mask, view.hook)
+    return view.hook("attn.hook_z", z)
+
+
+def residual_block(view, x, norm1, attend, norm2, mlp):
     """The hook sequence of one pre-norm block, shared by GPT-2 and Llama.
 
     ``attend(h) -> (B, T, D)`` runs the attention sub-layer on the normed stream, ``mlp(h)``
     the MLP; each model supplies its own projections.
     """
-    hk = ctx.hooks
     x = constrain(x, ("batch", "seq", "embed"))
-    x = hk(block_name(i, "hook_resid_pre"), x)
-    attn_out = hk(block_name(i, "hook_attn_out"), attend(norm1(x)))
-    x = hk(block_name(i, "hook_resid_mid"), x + attn_out)
-    mlp_out = hk(block_name(i, "hook_mlp_out"), mlp(norm2(x)))
-    x = hk(block_name(i, "hook_resid_post"), x + mlp_out)
+    x = view.hook("hook_resid_pre", x)
+    attn_out = view.hook("hook_attn_out", attend(norm1(x)))
+    x = view.hook("hook_resid_mid", x + attn_out)
+    mlp_out = view.hook("hook_mlp_out", mlp(norm2(x)))
+    x = view.hook("hook_resid_post", x + mlp_out)
     return constrain(x, ("batch", "seq", "embed"))

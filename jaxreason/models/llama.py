@@ -15,7 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxreason.hooks import HOOK_TEMPLATES, block_name
+from typing import Any
+
+from jaxreason.hooks import HOOK_TEMPLATES
+from jaxreason.models.block_stack import open_block, run_blocks
 from jaxreason.models.config import LlamaConfig, dtype_of
 from jaxreason.models.family import Family
 from jaxreason.models.layers import (Context, RMSNorm, attention_core, dense, logical,
@@ -24,10 +27,9 @@ from jaxreason.models.layers import (Context, RMSNorm, attention_core, dense, lo
 
 class LlamaAttention(nn.Module):
     config: LlamaConfig
-    layer: int
 
     @nn.compact
-    def __call__(self, ctx: Context, h):
+    def __call__(self, view, h):
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         b, t, _ = h.shape
@@ -37,43 +39,46 @@ class LlamaAttention(nn.Module):
         q = proj(nh, "q_proj", c.qkv_bias)(h).reshape(b, t, nh, e)
         k = proj(nk, "k_proj", c.qkv_bias)(h).reshape(b, t, nk, e)
         v = proj(nk, "v_proj", c.qkv_bias)(h).reshape(b, t, nk, e)
-        z = attention_core(ctx, self.layer, q, k, v, rope_inv_freq(c))  # (B, T, H, E)
+        z = attention_core(view, q, k, v, rope_inv_freq(c))  # (B, T, H, E)
         return dense(c.hidden_size, "o_proj", ("heads", "embed"), use_bias=c.o_bias, dtype=dt,
                      param_dtype=pdt)(z.reshape(b, t, nh * e))
 
 
 class LlamaMLP(nn.Module):
     config: LlamaConfig
-    layer: int
 
     @nn.compact
-    def __call__(self, ctx: Context, h):
+    def __call__(self, view, h):
         c = self.config
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         up = lambda name: dense(c.intermediate_size, name, ("embed", "mlp"),  # noqa: E731
                                 use_bias=c.mlp_bias, dtype=dt, param_dtype=pdt)
-        gate = ctx.hooks(block_name(self.layer, "mlp.hook_pre"), up("gate_proj")(h))
-        lin = ctx.hooks(block_name(self.layer, "mlp.hook_pre_linear"), up("up_proj")(h))
-        post = ctx.hooks(block_name(self.layer, "mlp.hook_post"), jax.nn.silu(gate) * lin)
+        gate = view.hook("mlp.hook_pre", up("gate_proj")(h))
+        lin = view.hook("mlp.hook_pre_linear", up("up_proj")(h))
+        post = view.hook("mlp.hook_post", jax.nn.silu(gate) * lin)
         return dense(c.hidden_size, "down_proj", ("mlp", "embed"), use_bias=c.mlp_bias, dtype=dt,
                      param_dtype=pdt)(post)
 
 
 class LlamaBlock(nn.Module):
+    """One block; ``layer`` is None under scan (see ``models/block_stack.py``)."""
+
     config: LlamaConfig
-    layer: int
+    ctx: Any
+    layer: int | None = None
 
     @nn.compact
-    def __call__(self, ctx: Context, x):
+    def __call__(self, carry, xs):
         c = self.config
         pdt = dtype_of(c.param_dtype)
-        attn = LlamaAttention(c, self.layer, name="self_attn")
-        mlp = LlamaMLP(c, self.layer, name="mlp")
-        return residual_block(ctx, self.layer, x,
-                              RMSNorm(c.rms_norm_eps, pdt, name="input_layernorm"),
-                              lambda h: attn(ctx, h),
-                              RMSNorm(c.rms_norm_eps, pdt, name="post_attention_layernorm"),
-                              lambda h: mlp(ctx, h))
+        view, x = open_block(self.ctx, self.layer, carry, xs)
+        attn = LlamaAttention(c, name="self_attn")
+        mlp = LlamaMLP(c, name="mlp")
+        x = residual_block(view, x, RMSNorm(c.rms_norm_eps, pdt, name="input_layernorm"),
+                           lambda h: attn(view, h),
+                           RMSNorm(c.rms_norm_eps, pdt, name="post_attention_layernorm"),
+                           lambda h: mlp(view, h))
+        return view.close(x)
 
 
 def final_norm(c: LlamaConfig, name: str | None = None) -> RMSNorm:
@@ -94,8 +99,7 @@ class LlamaModule(nn.Module):
                          name="embed_tokens",
                          embedding_init=logical(nn.initializers.normal(0.02), ("vocab", "embed")))
         x = ctx.hooks("hook_embed", embed(input_ids))
-        for i in range(c.num_layers):
-            x = LlamaBlock(c, i, name=f"layers_{i}")(ctx, x)
+        x = run_blocks(ctx, x, LlamaBlock, c, FAMILY.block, FAMILY.stacked_block)
         x = final_norm(c, name="norm")(x)
         x = ctx.hooks("ln_final.hook_normalized", x)
         if c.tie_word_embeddings:

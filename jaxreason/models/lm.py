@@ -204,6 +204,14 @@ class CausalLM:
         want = self._param_shapes_flat
         where = f"params do not fit this {family_of(self).title} config"
         missing = [p for p in want if p not in got]
+        family = family_of(self)
+        if missing and self.config.scanned != (family.stacked_block in tree):
+            have, need = (("unrolled", "stacked") if self.config.scanned
+                          else ("stacked", "unrolled"))
+            raise ValueError(f"{where}: the params hold the blocks {have} but this model runs "
+                             f"them {need} (scan_layers={self.config.scan_layers}, "
+                             f"{self.config.num_layers} layers); convert them with "
+                             f"jaxreason.models.layout.to_layout(model, params)")
         if missing:
             raise ValueError(f"{where}: leaf {'/'.join(missing[0])} of shape "
                              f"{want[missing[0]]} is missing ({len(missing)} missing in all)")

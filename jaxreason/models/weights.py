@@ -26,6 +26,9 @@ into ``kernel`` and zeroes the same rows of ``lora_a``, so the effective rows ar
 new ones; a function edit rewrites the whole layer that way (its adapter path then adds
 nothing). :func:`add_to_value_vectors` adds to ``kernel`` and leaves the adapters alone.
 
+Both block layouts work: with stacked blocks (``config.scanned``) a layer's node is its slice
+of the stacked leaves, and edits write their rows back into them.
+
 Sharding: outside ``jit`` an edited leaf is put back on the sharding of the leaf it replaces,
 so an edited tree keeps the input's layout. Under ``jit`` (traced params) the compiler decides;
 pin it with ``out_shardings`` if it matters. Reads work on sharded params as they are.
@@ -102,10 +105,19 @@ def top_tokens(logits, k: int) -> TopTokens:
     return TopTokens(ids, probs)
 
 
+def _stacked_down_proj(model, tree) -> dict:
+    """The stacked (L, ...) down-projection node of a model whose blocks run under scan."""
+    family = family_of(model)
+    return get_path(tree, (family.stacked_block, *family.down_proj))
+
+
 def _down_proj(model, tree, layer: int) -> dict:
-    """The param node of one layer's down projection (``kernel``, maybe ``bias``, LoRA)."""
+    """The param node of one layer's down projection (``kernel``, maybe ``bias``, LoRA);
+    for stacked blocks, that layer's slice of each leaf."""
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < model.config.num_layers:
         raise ValueError(f"layer {layer!r} is outside 0..{model.config.num_layers - 1}")
+    if model.config.scanned:
+        return {k: v[int(layer)] for k, v in _stacked_down_proj(model, tree).items()}
     return get_path(tree, family_of(model).down_proj_kernel(int(layer))[:-1])
 
 
@@ -167,11 +179,21 @@ def _rewrite(model, params, layers: Iterable[int], edit: Callable[[int, dict], d
     """A new tree in which each layer's down-projection node is replaced by ``edit``."""
     wrapped = isinstance(params, dict) and set(params) == {"params"}
     out = copy_tree(unwrap_params(params))
+    rows: dict[str, list] = {}
     for layer in layers:
         node = _down_proj(model, out, layer)
         changed = edit(int(layer), node)
         for key, value in changed.items():
-            node[key] = _place_like(value, node[key])
+            if model.config.scanned:  # written into the stacked leaves below, all at once
+                rows.setdefault(key, []).append((int(layer), value))
+            else:
+                node[key] = _place_like(value, node[key])
+    if rows:
+        node = _stacked_down_proj(model, out)
+        for key, edits in rows.items():
+            at = jnp.asarray([layer for layer, _ in edits])
+            new = node[key].at[at].set(jnp.stack([v for _, v in edits]).astype(node[key].dtype))
+            node[key] = _place_like(new, node[key])
     return {"params": out} if wrapped else out
 
 

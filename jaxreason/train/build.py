@@ -20,7 +20,8 @@ from jaxreason.train.vocab import add_tokens
 
 def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
     """A fresh model from a preset, or a local HF checkpoint."""
-    dtypes = {"dtype": section.dtype, "param_dtype": section.param_dtype}
+    dtypes = {"dtype": section.dtype, "param_dtype": section.param_dtype,
+              "scan_layers": section.scan_layers, "remat": section.remat}
     if section.hf_path is not None:
         if section.overrides:
             raise ValueError("model.overrides only apply to presets, not to model.hf_path")
@@ -37,14 +38,18 @@ def build_model(section: ModelSection, seed: int) -> tuple[CausalLM, dict]:
     return from_config(config, seed)
 
 
+# config fields that model.* sets itself (not through model.overrides)
+_SECTION_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat")
+
+
 def _check_override_keys(preset: str, overrides: dict) -> None:
     """Refuse ``model.overrides`` keys that are not fields of the preset's config class,
     listing the fields (with the closest match)."""
     family = next(f for f in FAMILIES.values() if preset in f.presets)
     fields = sorted(f.name for f in dataclasses.fields(family.config_class) if f.init
-                    and f.name not in ("dtype", "param_dtype"))
+                    and f.name not in _SECTION_FIELDS)
     for key in overrides:
-        if key in ("dtype", "param_dtype"):
+        if key in _SECTION_FIELDS:
             raise ConfigError(f"model.overrides.{key}: set model.{key} instead")
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)

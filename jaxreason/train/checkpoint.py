@@ -42,6 +42,11 @@ Design:
   array's own ``.sharding``; a single default device when an abstract leaf has
   none), and Orbax reads each shard straight into that sharding -- the saved
   layout does not have to match (resharding on load).
+* **Other layouts**: ``convert=(to_saved, to_target)`` lets a checkpoint written for another
+  layout of the same model restore (blocks unrolled or stacked for scan; see
+  ``jaxreason.models.layout.checkpoint_conversion``): when the target's structure does not
+  fit, the state is read into ``to_saved(target)`` and handed back through ``to_target``,
+  each leaf placed on the target leaf's sharding.
 * Saves are synchronous by default (``async_save=False``); with
   ``async_save=True`` call ``wait()`` before relying on the files. ``restore``
   and ``config`` wait for an in-flight save themselves.
@@ -95,6 +100,14 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _place_like(value, like):
+    """``value`` on the sharding of the target leaf ``like`` (when it has one)."""
+    sharding = getattr(like, "sharding", None)
+    if sharding is None or not isinstance(value, jax.Array):
+        return value
+    return jax.device_put(value, sharding)
+
+
 class Checkpointer:
     """Save every ``save_every`` steps; keep the last ``keep_last`` and the best."""
 
@@ -108,6 +121,7 @@ class Checkpointer:
         best_mode: Literal["min", "max"] = "min",
         keep_best: bool = True,
         async_save: bool = False,
+        convert: tuple[Any, Any] | None = None,
     ):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
@@ -121,6 +135,7 @@ class Checkpointer:
                 f"checkpoint directory {directory} exists and is not a directory"
             )
         self.directory = directory
+        self.convert = convert
         self.save_every, self.best_metric, self.best_mode = save_every, best_metric, best_mode
 
         policies: list[Any] = [pp.LatestN(n=keep_last)]
@@ -225,9 +240,23 @@ class Checkpointer:
 
         ``target`` is a pytree of concrete arrays or of ``jax.ShapeDtypeStruct``
         (e.g. from ``jax.eval_shape``); each restored ``jax.Array`` gets the
-        target leaf's sharding. NumPy leaves come back as NumPy arrays.
+        target leaf's sharding. NumPy leaves come back as NumPy arrays. With ``convert``
+        (see the class), a checkpoint of the model's other layout restores too.
         """
         step = self._resolve(step)
+        try:
+            return self._restore(step, target)
+        except ValueError as first:
+            if self.convert is None:
+                raise
+            to_saved, to_target = self.convert
+            try:
+                state = self._restore(step, to_saved(target))
+            except ValueError:
+                raise first from None
+            return jax.tree.map(_place_like, to_target(state), target)
+
+    def _restore(self, step: int, target: Any) -> Any:
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
         def abstract(x):

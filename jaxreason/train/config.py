@@ -36,6 +36,11 @@ class ModelSection:
 
     ``preset`` is ``gpt2-tiny``, ``gpt2-small``, ``llama-tiny``, or a family name (``gpt2``,
     ``llama``) with every size in ``overrides``; ``hf_path`` loads a checkpoint instead.
+
+    ``scan_layers``: run the blocks under scan with stacked parameters (null: for models of
+    16 or more layers). ``remat``: activation checkpointing per block, ``none``, ``block``
+    (recompute the whole block in the backward pass) or ``dots`` (keep the products with
+    the weights, recompute the rest); captures and interventions work under each.
     """
 
     preset: str | None = "gpt2-tiny"
@@ -43,6 +48,8 @@ class ModelSection:
     overrides: dict = dataclasses.field(default_factory=dict)
     dtype: Literal["float32", "bfloat16"] = "float32"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    scan_layers: bool | None = None
+    remat: Literal["none", "block", "dots"] = "none"
 
     def __post_init__(self):
         if (self.preset is None) == (self.hf_path is None):

@@ -37,6 +37,7 @@ from jaxreason.train import run_dir as rd
 from jaxreason.train.build import apply_peft, build_data, build_model, logical_axes
 from jaxreason.train.callbacks import (Callback, StepInfo, check_export_target, epochs_done,
                                        evaluation, hf_export, run_due)
+from jaxreason.models import layout
 from jaxreason.train.checkpoint import Checkpointer
 from jaxreason.train.config import TrainConfig
 from jaxreason.train.masks import trainable_optimizer
@@ -148,7 +149,8 @@ def load_trained(config: TrainConfig, best: bool = True):
     directory = Path(config.trainer.run_dir).expanduser().resolve() / "checkpoints"
     checkpointer = Checkpointer(directory, save_every=ck.save_every or 10**9,
                                 keep_last=ck.keep_last, best_metric=ck.best_metric,
-                                best_mode=ck.best_mode)
+                                best_mode=ck.best_mode,
+                                convert=layout.checkpoint_conversion(model))
     step = checkpointer.best_step() if best and ck.best_metric else None
     if step is None and checkpointer.latest_step() is None:
         checkpointer.close()
@@ -186,7 +188,8 @@ def main(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict:
     def open_checkpointer():
         return Checkpointer(run_dir / "checkpoints", save_every=ck.save_every or 10**9,
                             keep_last=ck.keep_last, best_metric=ck.best_metric,
-                            best_mode=ck.best_mode)
+                            best_mode=ck.best_mode,
+                            convert=layout.checkpoint_conversion(model))
 
     start = 0
     final_path = run_dir / "final_metrics.json"

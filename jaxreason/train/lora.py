@@ -117,13 +117,14 @@ def add_lora(params: dict, family: Any, targets: Iterable[str] | str | None = No
     out = copy_tree(params)
     for i, path in enumerate(paths):
         node = get_path(out, path)
-        d_in, d_out = node["kernel"].shape
+        # blocks stacked for scan carry a leading layer axis: one adapter per layer
+        *lead, d_in, d_out = node["kernel"].shape
         bound = 1.0 / d_in ** 0.5
-        node["lora_a"] = jax.random.uniform(jax.random.fold_in(rng, i), (d_in, rank),
+        node["lora_a"] = jax.random.uniform(jax.random.fold_in(rng, i), (*lead, d_in, rank),
                                             jnp.float32, -bound, bound)
-        node["lora_b"] = jnp.zeros((rank, d_out), jnp.float32)
-        node["lora_scale"] = jnp.asarray(alpha / rank, jnp.float32)
-        node["lora_dropout"] = jnp.asarray(dropout, jnp.float32)
+        node["lora_b"] = jnp.zeros((*lead, rank, d_out), jnp.float32)
+        node["lora_scale"] = jnp.full(lead, alpha / rank, jnp.float32)
+        node["lora_dropout"] = jnp.full(lead, dropout, jnp.float32)
     return out
 
 
@@ -149,9 +150,10 @@ def merge_lora(params: dict) -> dict:
             raise ValueError(f"module {'/'.join(path)} has incomplete LoRA leaves; "
                              f"missing {missing}")
         kernel = node["kernel"]
-        delta = jnp.dot(node["lora_a"].astype(jnp.float32), node["lora_b"].astype(jnp.float32),
-                        precision=jax.lax.Precision.HIGHEST)
-        scale = jnp.asarray(node["lora_scale"], jnp.float32)
+        delta = jnp.matmul(node["lora_a"].astype(jnp.float32),
+                           node["lora_b"].astype(jnp.float32),
+                           precision=jax.lax.Precision.HIGHEST)
+        scale = jnp.asarray(node["lora_scale"], jnp.float32)[..., None, None]
         node["kernel"] = (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
         for k in LORA_LEAVES:
             del node[k]
@@ -174,9 +176,12 @@ def lora_logical_axes(logical_axes_tree: dict, lora_params: dict) -> dict:
         elif key in logical_axes_tree:
             out[key] = logical_axes_tree[key]
         elif key in LORA_LEAVES:
-            kernel = tuple(logical_axes_tree.get("kernel", PartitionSpec())) + (None, None)
-            out[key] = {"lora_a": PartitionSpec(kernel[0], None),
-                        "lora_b": PartitionSpec(None, kernel[1])}.get(key, PartitionSpec())
+            kernel = tuple(logical_axes_tree.get("kernel", PartitionSpec()))
+            kernel = (None,) * (2 - len(kernel)) + kernel
+            lead = kernel[:-2]  # the layer axis of blocks stacked for scan
+            out[key] = {"lora_a": PartitionSpec(*lead, kernel[-2], None),
+                        "lora_b": PartitionSpec(*lead, None, kernel[-1])}.get(
+                            key, PartitionSpec(*lead))
         else:
             raise KeyError(f"logical axes lack leaf {key!r}")
     return out

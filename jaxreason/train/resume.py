@@ -14,6 +14,9 @@ from typing import Any, Callable
 from jaxreason.config_io import ConfigError
 
 STRUCTURAL = ("model", "peft")
+# model fields that change how the model runs, not its parameters: a checkpoint of the other
+# block layout converts on restore (``jaxreason.models.layout``)
+EXECUTION = frozenset({"model.scan_layers", "model.remat"})
 # how a run is launched or displayed, not what it computes
 IGNORED = frozenset({"trainer.run_dir", "trainer.progress", "trainer.plot", "trainer.overwrite",
                      "checkpoint.resume"})
@@ -66,7 +69,7 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
 
 
 def _is_structural(key: str) -> bool:
-    return key.split(".", 1)[0] in STRUCTURAL
+    return key.split(".", 1)[0] in STRUCTURAL and key not in EXECUTION
 
 
 def refuse_model_change(saved: dict, current: dict, step: int, directory: str) -> None:

@@ -6,6 +6,9 @@ builds the model in ``transformers`` with a fixed torch seed, saves it with
 the logits agree, then times, in fp32:
 
   forward   batch x seq tokens, logits only         torch: model(ids)
+            (jaxreason: the fused attention path, jax.nn.dot_product_attention)
+  explicit  the same forward on jaxreason's explicit attention path (scores and pattern
+            materialised, as when an attention hook is asked for); torch: model(ids) again
   capture   the same, capturing every blocks.*.hook_resid_post
                                                      torch: output_hidden_states=True
   generate  greedy decoding of N new tokens from a short prompt
@@ -18,7 +21,7 @@ generation's weight reads (every matmul weight once per decoded token, fp32; the
 includes the prefill) against the bandwidth of a large reduction.
 
 Every call runs once untimed (compilation, warm-up), then ``--repeats`` times; the median is
-reported. The six calls of a model are timed round-robin, so background load hits them
+reported. The calls of a model are timed round-robin, so background load hits them
 alike. Throughput is batch*seq/time for forwards and batch*new/time for generation; "ratio"
 is jaxreason/torch throughput (>1 means jaxreason is faster). "Capture overhead" is
 jaxreason's capture time / plain forward time - 1. The machine should otherwise be idle: the
@@ -73,7 +76,7 @@ import transformers  # noqa: E402
 
 from bench_util import (cpu_line, limits_line, machine_cpu_seconds, machine_limits,  # noqa: E402
                         matmul_params, own_cpu_seconds, transformer_flops)
-from jaxreason.models import count_params, load_pretrained  # noqa: E402
+from jaxreason.models import CausalLM, count_params, load_pretrained  # noqa: E402
 from jaxreason.models.generate import generate  # noqa: E402
 
 HF_CONFIGS = {
@@ -158,8 +161,10 @@ def bench_model(name: str, a, dev: str) -> dict:
             return out
         return fn
 
-    def j_forward(capture=None):
-        return lambda: jax.block_until_ready(model.jit_apply(params, ids_j, capture=capture))
+    def j_forward(capture=None, m=model):
+        return lambda: jax.block_until_ready(m.jit_apply(params, ids_j, capture=capture))
+
+    explicit = CausalLM(model.config.replace(attention_impl="explicit"))
 
     def t_generate():
         with torch.inference_mode():
@@ -175,13 +180,14 @@ def bench_model(name: str, a, dev: str) -> dict:
 
     fwd_tokens, gen_tokens = a.batch * a.seq, a.batch * a.new
     fns = {("forward", "torch"): t_forward(), ("forward", "jax"): j_forward(),
+           ("explicit", "torch"): t_forward(), ("explicit", "jax"): j_forward(m=explicit),
            ("capture", "torch"): t_forward(True), ("capture", "jax"): j_forward(CAPTURE),
            ("generate", "torch"): t_generate, ("generate", "jax"): j_generate}
     times, warm = timed_round_robin(fns, a.repeats)
     print(f"capture: jaxreason returned {len(warm['capture', 'jax'].captured)} tensors, torch "
           f"{len(warm['capture', 'torch'].hidden_states)} hidden states (embeddings + blocks)")
     rows = {}
-    for row, tokens in (("forward", fwd_tokens), ("capture", fwd_tokens),
+    for row, tokens in (("forward", fwd_tokens), ("explicit", fwd_tokens), ("capture", fwd_tokens),
                         ("generate", gen_tokens)):
         t_s, j_s = statistics.median(times[row, "torch"]), statistics.median(times[row, "jax"])
         rows[row] = dict(torch_s=t_s, jax_s=j_s, torch_tok_s=tokens / t_s,
