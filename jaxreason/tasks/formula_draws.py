@@ -130,21 +130,38 @@ def valid_edit_values(a: int, op0: str, r: int, b: int, op1: str) -> list[int]:
             and LOW <= _value(b, op1, _value(a, op0, x)) <= HIGH]
 
 
-def faithful_edit_candidates(a: int, r: int, op1: str) -> list[int]:
-    """Faithful candidates for v0's second operand: the values that keep ``a op r'`` in range
-    with the operator taken from v1's formula instead of v0's (the original's bug), minus
-    the old operand, in that Python set's iteration order (the original draws from such a
-    set). The edited problem is range-checked afterwards. This range is a reconstruction:
-    it skews the operator mix the way the original's does (++ and -- edited more often) but
-    is not checked against the original's exact pairs."""
-    values = set(range(LOW - a, HIGH - a + 1)) if op1 == "+" else set(range(a - HIGH, a - LOW + 1))
-    return list(values - {r})
+def _clip(lo: int, hi: int) -> tuple[int, int]:
+    return max(lo, LOW), min(hi, HIGH)
+
+
+def faithful_edit_candidates(a: int, r: int, b: int, op1: str) -> list[int]:
+    """The original's candidates for v0's second operand in ``v0 = a op0 r``, ``v1 = b op1 v0``.
+
+    The original first bounds v0 by v1's formula (``b + v0`` or ``b - v0`` in range), then
+    turns that into a range of operands as if v0's operator were v1's (its bug: for
+    ``v0 = a + r`` under ``v1 = b - v0`` it takes ``a - v0``), clips it to [0, 9] and gives up
+    when fewer than two values remain, even if one of them differs from ``r``. The
+    candidates are that range minus ``r``, in the iteration order of a Python set built from
+    the range with ``r`` then removed (the original chooses from ``list`` of such a set; a
+    set of small ints iterates in a fixed order, independent of the hash seed). The edited
+    problem is range-checked afterwards, so a candidate that breaks v0 is rejected there."""
+    if op1 == "+":
+        v_lo, v_hi = _clip(LOW - b, HIGH - b)
+        lo, hi = _clip(v_lo - a, v_hi - a)
+    else:
+        v_lo, v_hi = _clip(b - HIGH, b - LOW)
+        lo, hi = _clip(a - v_hi, a - v_lo)
+    if lo >= hi:
+        return []
+    values = set(range(lo, hi + 1))
+    values.discard(r)
+    return list(values)
 
 
 def draw_edit_value(a: int, op0: str, r: int, b: int, op1: str, rng: random.Random,
                     faithful: bool) -> int | None:
     """v0's new second operand (None when there is no candidate): faithful, a choice among
     the original's candidates; fixed, uniform over the valid values."""
-    cands = (faithful_edit_candidates(a, r, op1) if faithful
+    cands = (faithful_edit_candidates(a, r, b, op1) if faithful
              else valid_edit_values(a, op0, r, b, op1))
     return rng.choice(cands) if cands else None

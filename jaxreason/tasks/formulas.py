@@ -303,11 +303,13 @@ def edit_second_operand(problem: Problem, rng: random.Random,
 
 def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED, exclude: Iterable = (),
                     mode: str = "fixed") -> list[EditPair]:
-    """``n`` (base, edited) 2step pairs; both avoid ``exclude`` (train and valid keys) and
-    earlier bases. As in the original, the bases and the edits draw from two generators of
-    one seed, and the edit is drawn before the base is checked, so a rejected base still
-    advances the edit generator. ``fixed`` also keeps every edited problem off the other
-    pairs' bases (and edits)."""
+    """``n`` (base, edited) 2step pairs in the original's order of checks: the bases and the
+    edits draw from two generators of one seed; the edit is drawn before the base is
+    checked (a rejected base still advances the edit generator, an edit without candidates
+    rejects its base unchecked); the base must be in range and off ``exclude`` (train and
+    valid keys) and the earlier pairs; then the edited problem likewise. Both the base and
+    the edit join the keys to avoid, so no edited problem equals another pair's base. In
+    faithful mode these are the original's 2,000 pairs, in order."""
     _check_mode(mode)
     bases, edits = random.Random(seed), random.Random(seed)
     seen = set(exclude)
@@ -315,14 +317,12 @@ def make_edit_pairs(n: int = EDIT_SIZE, seed: int = EDIT_SEED, exclude: Iterable
     while len(out) < n:
         base = draw_problem("2step", bases)
         edited = edit_second_operand(base, edits, mode)
-        if not in_range(base) or base.key in seen:
+        if edited is None or not in_range(base) or base.key in seen:
             continue
-        if edited is None or not in_range(edited) or edited.key in seen:
+        if not in_range(edited) or edited.key in seen:
             continue
         assert len(base.source) == len(edited.source)
-        seen.add(base.key)
-        if mode == "fixed":
-            seen.add(edited.key)
+        seen.update((base.key, edited.key))
         out.append(EditPair(base, edited))
     return out
 
