@@ -15,15 +15,21 @@ drawn tuples into problems. Per problem the original draws
 A draw that breaks the [0, 9] range is redrawn whole. This reproduces the original's splits
 exactly (for example 2step's first test problem ``z = 0 + o , o = 4 + 5``).
 
-The 50-shot general pool and the counterfactual edits have a faithful and a fixed draw
-(the faithful ones follow the original's distributions; their exact draws are not checked
-against the original's output). Every draw here is independent of Python's hash seed (set
-orders of small ints are fixed).
+The counterfactual edits and the 50-shot general pool have a faithful and a fixed draw.
+Faithful edits are the original's: its candidate range (bounded through v1's operator, its
+bug) in its set order, giving its 2,000 edit pairs (operator mix ++/+-/-+/-- 505/304/315/876).
+The faithful general pool follows the original's draws, including the order its formats
+take when sorted by ``hash`` under PYTHONHASHSEED=0 (fixed here per string-hash algorithm,
+so the draw itself does not depend on this process's hash seed). Fixed draws are uniform
+over the valid values and independent of the hash seed too (set orders of small ints are
+fixed).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import sys
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 LOW, HIGH = 0, 9  # every value in a problem, its answers and its CoT
@@ -66,35 +72,58 @@ def draw_template(config: str, rng: random.Random) -> list[Drawn]:
 
 # ----------------------------------------------------------------------------- general pool
 
-# Formula kinds of the 3-formula general pool: operand pattern and the original's weights
-# (substitution of a number or of a variable, add/sub of two numbers 1/4 each; add/sub with
-# a variable 1/8 per operand order).
-GENERAL_KINDS = ("n", "v", "nn", "vn", "nv")
-GENERAL_WEIGHTS = (2, 2, 2, 1, 1)
+# The original's general pool is 32 templates drawn uniformly: the first formula is a
+# substitution of a number ("n") or an add/sub of two numbers ("nn"); each later one is one
+# of "n", a substitution of the variable defined just before ("v"), "nn", or an add/sub of
+# that variable and a number ("vn", shown in either operand order). Templates in the
+# original's order (first formula outermost).
+GENERAL_TEMPLATES = tuple(itertools.product(("n", "nn"), ("n", "v", "nn", "vn"),
+                                            ("n", "v", "nn", "vn")))
+
+# The original offers the two operand orders of "vn" as a list sorted by ``hash``; the
+# hashes of ``(i, "num")`` and ``("num", i)`` (i: the index of the previous variable) depend
+# on Python's string hash, which the original fixes with PYTHONHASHSEED=0 and which still
+# differs between CPython's algorithms. Per ``sys.hash_info.algorithm``, per formula index,
+# the orders that sorting gives under PYTHONHASHSEED=0 ("vn": variable first).
+VN_ORDERS_UNDER_HASHSEED_0 = {
+    "siphash13": {1: ("vn", "nv"), 2: ("nv", "vn")},  # CPython 3.11 and later
+    "siphash24": {1: ("nv", "vn"), 2: ("nv", "vn")},  # CPython 3.10 and earlier
+}
 
 
-def draw_general_faithful(rng: random.Random) -> tuple[list[Drawn], list[int], int] | None:
-    """The original's distribution of the general pool: kinds weighted as above, a variable
-    operand is always the variable defined just before, the display is shuffled and the
-    question asks a random variable. Returns (formulas, display order, question index), or
-    None when the first formula asks for a variable (redrawn, like a range violation).
+def vn_orders(algorithm: str | None = None) -> dict[int, tuple[str, str]]:
+    """The operand orders the original's sort gives under PYTHONHASHSEED=0 on an interpreter
+    whose string hash is ``algorithm`` (default: this one's; an unknown algorithm falls back
+    to SipHash-1-3, CPython's current default)."""
+    algorithm = algorithm or sys.hash_info.algorithm
+    return VN_ORDERS_UNDER_HASHSEED_0.get(algorithm, VN_ORDERS_UNDER_HASHSEED_0["siphash13"])
 
-    The original sorted its formats by ``hash`` (run under ``PYTHONHASHSEED=0``); this draw
-    follows its distribution, not its exact sequence of calls."""
-    rng.random()
+
+def draw_general_faithful(rng: random.Random) -> tuple[list[Drawn], list[int], int]:
+    """One raw general-pool draw in the original's order: ``choices`` of the template (32
+    weights of 1.0), a ``sample`` of the 26 letters (popped from the end), per formula a
+    ``choice`` of the operator (add/sub only), a ``choice`` among its formats (the two
+    operand orders of "vn", otherwise one) and a ``randint`` per literal; then the question:
+    a weighted ``choices`` of its one operator and a ``choice`` of any of the three
+    variables; then the display: a ``sample`` of range(3) that gives each formula its
+    display slot. Returns (formulas, display order, question index).
+
+    This is the original's pool under PYTHONHASHSEED=0 on the same kind of interpreter (see
+    ``vn_orders``), whatever this process's hash seed is."""
+    kinds = rng.choices(GENERAL_TEMPLATES, weights=[1.0] * len(GENERAL_TEMPLATES))[0]
     letters = rng.sample(LETTERS, len(LETTERS))
+    orders = vn_orders()
     drawn: list[Drawn] = []
-    for _ in range(3):
+    for i, kind in enumerate(kinds):
         var = letters.pop()
-        kind = rng.choices(GENERAL_KINDS, weights=GENERAL_WEIGHTS)[0]
-        if "v" in kind and not drawn:
-            return None
-        op = "=" if len(kind) == 1 else rng.choice("+-")
-        args = [rng.randint(LOW, HIGH) if c == "n" else drawn[-1][0] for c in kind]
+        op = rng.choice("+-") if len(kind) == 2 else "="
+        pattern = rng.choice(orders[i]) if kind == "vn" else rng.choice((kind,))
+        args = [rng.randint(LOW, HIGH) if c == "n" else drawn[-1][0] for c in pattern]
         drawn.append(_formula(var, op, args))
-    order = list(range(3))
-    rng.shuffle(order)
-    return drawn, order, rng.randrange(3)
+    rng.choices(("check",), weights=[1.0])  # the question's operator: one, still drawn
+    question = rng.choice(range(len(drawn)))
+    slots = rng.sample(range(len(drawn)), len(drawn))
+    return drawn, sorted(range(len(drawn)), key=slots.__getitem__), question
 
 
 def draw_general_fixed(rng: random.Random) -> tuple[list[Drawn], list[int], int]:

@@ -15,12 +15,13 @@ Everything is a pure function of the seeds: each split draws from its own
 original's order of draws (``formula_draws``), so the five configs' splits and their 3-shot
 prompts are the original's own problems, split for split and in order. ``mode`` matters for
 two parts only. The edit pairs: both modes draw them as the original does (two generators of
-seed 44, the edit drawn before the base is checked); ``faithful`` keeps the original's
-candidates for the new operand, whose range follows v1's operator, ``fixed`` draws
-uniformly over the valid values and never edits into another pair's base. The general pool:
-``faithful`` follows the original's distribution (a random variable asked, references to
-the previous variable only, kinds weighted 1/4, 1/4, 1/4, 1/8, 1/8), ``fixed`` asks the
-last-defined variable like every test problem. Nothing here depends on Python's hash seed.
+seed 44, the edit drawn before the base is checked, every edit kept off the later bases);
+``faithful`` uses the original's candidates for the new operand (their range follows v1's
+operator) and gives the original's 2,000 pairs, ``fixed`` draws uniformly over the valid
+values. The general pool: ``faithful`` follows the original's draws (32 templates, a
+random variable asked, references to the previous variable only) and is its pool under
+PYTHONHASHSEED=0; ``fixed`` asks the last-defined variable like every test problem. No
+draw here depends on this process's hash seed.
 """
 
 from __future__ import annotations
@@ -172,14 +173,12 @@ def _problem(config: str, drawn, display, question: int = -1) -> Problem:
     return Problem(config, tuple(Formula(*d) for d in drawn), tuple(display), question)
 
 
-def draw_problem(config: str, rng: random.Random, mode: str = "fixed") -> Problem | None:
-    """One raw draw of ``config`` in the original's order of draws, not yet range-checked
-    (None: a general-pool draw that asked for a variable before any was defined)."""
+def draw_problem(config: str, rng: random.Random, mode: str = "fixed") -> Problem:
+    """One raw draw of ``config`` in the original's order of draws, not yet range-checked."""
     _check_mode(mode)
     if config == "general_3formulas":
-        got = (draws.draw_general_faithful(rng) if mode == "faithful"
-               else draws.draw_general_fixed(rng))
-        return None if got is None else _problem(config, *got)
+        draw = draws.draw_general_faithful if mode == "faithful" else draws.draw_general_fixed
+        return _problem(config, *draw(rng))
     base = "2step" if config == "2step_in_order" else config
     if base not in draws.TEMPLATES:
         raise ValueError(f"unknown formula config {config!r}; known: {list(ALL_CONFIGS)}")
@@ -206,7 +205,7 @@ def sample_problem(config: str, rng: random.Random, mode: str = "fixed") -> Prob
     whole, as the original does)."""
     while True:
         p = draw_problem(config, rng, mode)
-        if p is not None and in_range(p):
+        if in_range(p):
             return p
 
 

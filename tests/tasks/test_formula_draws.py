@@ -4,8 +4,13 @@ faithful and fixed edit pairs and general pools."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,7 @@ ORIGINAL_FIRST = {
                         "n = 1 + 1 , b = 4 + n ; b =?"],
                        ["o = 4 + 5 , z = 0 + o ; z =?", "n = 8 - 4 , d = 7 - n ; d =?"]),
 }
+ROOT = Path(__file__).resolve().parents[2]
 MIXES = ("++", "+-", "-+", "--")  # (v0's operator, v1's operator)
 
 
@@ -158,28 +164,62 @@ def test_fixed_edit_is_uniform_over_valid_values():
 
 # --------------------------------------------------------------------------- general pool
 
-def test_general_pool_faithful_distribution():
-    pool = F.sample_problems("general_3formulas", 600, F.SPLIT_SEEDS["train"], mode="faithful")
-    last = sum(p.question in (2, -1) for p in pool)
-    assert 150 <= last <= 250  # a random one of three variables is asked
+def test_general_pool_faithful_is_the_originals():
+    pool = F.sample_problems("general_3formulas", 100, F.SPLIT_SEEDS["train"], mode="faithful")
+    # counted on the original's pool (run under PYTHONHASHSEED=0): 37 of its 100 questions
+    # ask the last-defined variable, and no formula refers to an older variable
+    assert sum(p.question == 2 for p in pool) == 37
     for p in pool:
         names = [f.var for f in p.formulas]
-        for i, f in enumerate(p.formulas):
-            assert f.refs in ((), (names[i - 1],))  # only the variable defined just before
+        assert p.formulas[0].refs == ()
+        for i, f in enumerate(p.formulas[1:], 1):
+            assert f.refs in ((), (names[i - 1],))
         assert p.cot[0] == p.formulas[p.question].text() and p.answer == p.values[p.query]
         assert p.source.endswith(f"; {p.query} =?")
-    # the kinds are drawn 2:2:2:1:1 (the range check then favours the number-only ones)
-    rng, kinds = random.Random(0), Counter()
-    while sum(kinds.values()) < 2400:
+
+
+def test_general_pool_faithful_template_weights():
+    """32 templates drawn uniformly: later formulas are n, v, nn, vn (either operand order)
+    a quarter each, the first n or nn half each (raw draws, before the range check)."""
+    rng, kinds, first = random.Random(0), Counter(), Counter()
+    for _ in range(1200):
         p = F.draw_problem("general_3formulas", rng, "faithful")
-        if p is None:  # a variable asked for before any was defined
-            continue
         names = [f.var for f in p.formulas]
-        for f in p.formulas[1:]:
-            kinds[("v" if f.left in names else "n")
-                  + ("" if f.op is None else "v" if f.right in names else "n")] += 1
+        shape = [("v" if f.left in names else "n")
+                 + ("" if f.op is None else "v" if f.right in names else "n") for f in p.formulas]
+        first[shape[0]] += 1
+        kinds.update(shape[1:])
+    assert set(first) == {"n", "nn"} and abs(first["n"] - 600) < 90, first
     expected = {"n": 600, "v": 600, "nn": 600, "vn": 300, "nv": 300}
     assert all(abs(kinds[k] - v) < 90 for k, v in expected.items()), kinds
+
+
+_HASH_CHECK = """
+import json, sys
+from jaxreason.tasks import formula_draws as D, formulas as F
+name = {(0, "num"): "vn", ("num", 0): "nv", (1, "num"): "vn", ("num", 1): "nv"}
+by_hash = {i + 1: tuple(name[f] for f in sorted([(i, "num"), ("num", i)], key=hash))
+           for i in (0, 1)}
+print(json.dumps({
+    "table": by_hash == D.vn_orders(),
+    "questions": sorted([(0,), (1,), (2,)], key=hash) == [(0,), (1,), (2,)],
+    "prompts": [F.general_prompt(50, mode=m) for m in F.MODES]}))
+"""
+
+
+@pytest.mark.parametrize("seed", ["0", "123"])
+def test_general_pool_matches_hash_sort_and_ignores_hash_seed(seed):
+    """Under PYTHONHASHSEED=0 the fixed operand orders are what sorting by this
+    interpreter's ``hash`` gives (the original's sort); under any seed both modes' prompts
+    are this process's."""
+    env = {**os.environ, "PYTHONHASHSEED": seed,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _HASH_CHECK], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    got = json.loads(out)
+    if seed == "0":
+        assert got["table"] and got["questions"]
+    assert got["prompts"] == [F.general_prompt(50, mode=m) for m in F.MODES]
 
 
 def test_general_pool_fixed_asks_the_last_variable():
