@@ -20,9 +20,9 @@ Faithful edits are the original's: its candidate range (bounded through v1's ope
 bug) in its set order, giving its 2,000 edit pairs (operator mix ++/+-/-+/-- 505/304/315/876).
 The faithful general pool follows the original's draws, including the order its formats
 take when sorted by ``hash`` under PYTHONHASHSEED=0 (fixed here per string-hash algorithm,
-so the draw itself does not depend on this process's hash seed). Fixed draws are uniform
-over the valid values and independent of the hash seed too (set orders of small ints are
-fixed).
+so the draw itself does not depend on this process's hash seed). Fixed edits are uniform
+over the valid values; fixed draws do not depend on the hash seed either (set orders of
+small ints are fixed).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ GENERAL_TEMPLATES = tuple(itertools.product(("n", "nn"), ("n", "v", "nn", "vn"),
 # the orders that sorting gives under PYTHONHASHSEED=0 ("vn": variable first).
 VN_ORDERS_UNDER_HASHSEED_0 = {
     "siphash13": {1: ("vn", "nv"), 2: ("nv", "vn")},  # CPython 3.11 and later
-    "siphash24": {1: ("nv", "vn"), 2: ("nv", "vn")},  # CPython 3.10 and earlier
+    "siphash24": {1: ("nv", "vn"), 2: ("nv", "vn")},  # CPython 3.8 to 3.10
 }
 
 

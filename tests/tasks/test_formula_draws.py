@@ -1,6 +1,6 @@
 """The original's order of random draws: its exact first problems per config (taken from the
-original's own preprocessing output), its operator mix of the 2step test split, and the
-faithful and fixed edit pairs and general pools."""
+original's own preprocessing output), its operator mix of the 2step test split and of its
+edit pairs, its general pool's question count, and the fixed mode's edit pairs and pool."""
 
 from __future__ import annotations
 
