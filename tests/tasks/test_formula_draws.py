@@ -203,7 +203,8 @@ by_hash = {i + 1: tuple(name[f] for f in sorted([(i, "num"), ("num", i)], key=ha
 print(json.dumps({
     "table": by_hash == D.vn_orders(),
     "questions": sorted([(0,), (1,), (2,)], key=hash) == [(0,), (1,), (2,)],
-    "prompts": [F.general_prompt(50, mode=m) for m in F.MODES]}))
+    "prompts": [F.general_prompt(50, mode=m) for m in F.MODES],
+    "edits": [[pr.edited.source for pr in F.make_edit_pairs(300, mode=m)] for m in F.MODES]}))
 """
 
 
@@ -211,7 +212,7 @@ print(json.dumps({
 def test_general_pool_matches_hash_sort_and_ignores_hash_seed(seed):
     """Under PYTHONHASHSEED=0 the fixed operand orders are what sorting by this
     interpreter's ``hash`` gives (the original's sort); under any seed both modes' prompts
-    are this process's."""
+    and edit pairs are this process's."""
     env = {**os.environ, "PYTHONHASHSEED": seed,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", _HASH_CHECK], env=env, cwd=ROOT,
@@ -220,6 +221,8 @@ def test_general_pool_matches_hash_sort_and_ignores_hash_seed(seed):
     if seed == "0":
         assert got["table"] and got["questions"]
     assert got["prompts"] == [F.general_prompt(50, mode=m) for m in F.MODES]
+    assert got["edits"] == [[pr.edited.source for pr in F.make_edit_pairs(300, mode=m)]
+                            for m in F.MODES]
 
 
 def test_general_pool_fixed_asks_the_last_variable():
