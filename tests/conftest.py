@@ -49,6 +49,12 @@ def tiny_world_overrides(directory) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def world_overrides():
+    """:func:`tiny_world_overrides` for tests that train their own tiny world model."""
+    return tiny_world_overrides
+
+
+@pytest.fixture(scope="session")
 def tiny_world_model(tmp_path_factory):
     from jaxreason.studies.world_model import world_base_model
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from conftest import tiny_world_overrides
 
 from jaxreason.config_io import ConfigError
 from jaxreason.studies import world_model
@@ -11,9 +10,9 @@ from jaxreason.studies import world_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_trains_once_then_reuses_the_export(tmp_path, monkeypatch):
+def test_trains_once_then_reuses_the_export(tmp_path, monkeypatch, world_overrides):
     config = ROOT / "configs/world_base.yaml"
-    overrides = tiny_world_overrides(tmp_path)
+    overrides = world_overrides(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m jaxreason.train"):
         world_model.world_base_model(str(config), overrides, train=False)
     hf = world_model.world_base_model(str(config), overrides)
