@@ -72,6 +72,7 @@ class ScriptedServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
+        self._local = threading.local()  # whether this handler thread is still counted
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -94,6 +95,7 @@ class ScriptedServer:
             self.auth_headers.append(handler.headers.get("Authorization"))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._local.counted = True
         try:
             if handler.path not in ("/v1/chat/completions", "/v1/completions"):
                 action = Action(status=404, body={"error": {"message": "no such route"}})
@@ -102,6 +104,9 @@ class ScriptedServer:
             if action.delay_s:
                 time.sleep(action.delay_s)
             payload = action.raw if action.raw is not None else json.dumps(action.body).encode()
+            # leave the count before the answer goes out: once the client has it, it may send
+            # its next request, which must not find this one still counted
+            self._leave()
             handler.send_response(action.status)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(payload)))
@@ -110,7 +115,13 @@ class ScriptedServer:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
         finally:
-            with self._lock:
+            self._leave()
+
+    def _leave(self) -> None:
+        """Count this request as answered (once, however the handler ends)."""
+        with self._lock:
+            if getattr(self._local, "counted", False):
+                self._local.counted = False
                 self.in_flight -= 1
 
     def __enter__(self) -> "ScriptedServer":

@@ -358,6 +358,14 @@ def generate(model: CausalLM, params, input_ids, attention_mask=None, *, max_new
     done = 0
     while done < max_new_tokens:
         steps = min(steps_per_call, max_new_tokens - done)
+        if params_for_call is not None and not capture_key and done == max_new_tokens - 1:
+            # the last token is sampled already; feeding it back would only spend one more
+            # forward call of the changing weights (which a caller may count), so record it
+            token_chunks.append(jnp.where(live, token, pad_token_id)[None])
+            live_chunks.append(live[None])
+            done += 1
+            bar.update(1)
+            break
         # the last fed token's step is wasted when nothing is captured (its sample is
         # dropped); running it keeps one program for every chunk
         token, live, key, cache, toks, lives, caps = _decode_chunk(

@@ -57,7 +57,7 @@ def test_bad_config_values_are_refused_at_load(path, overrides, message):
 def test_unknown_study_names_the_registered_ones(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("study: bogus\n")
-    with pytest.raises(ConfigError, match=r"unknown study 'bogus'; registered: \['mechprobe_kth'"):
+    with pytest.raises(ConfigError, match=r"unknown study 'bogus'; registered: \['kv_transplant', 'mechprobe_kth'"):
         load_study(path)
 
 

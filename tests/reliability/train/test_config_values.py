@@ -73,7 +73,7 @@ def test_unknown_task_args_list_the_tasks_parameters(train, tmp_path):
 def test_unknown_model_overrides_list_the_config_fields(train, tmp_path):
     with pytest.raises(ConfigError, match=r"model.overrides: 'n_layer' is not a field of "
                                           r"GPT2Config \(preset 'gpt2-tiny'\). Did you mean "
-                                          r"'num_layers'\? Allowed: activation, hidden_size"):
+                                          r"'num_layers'\? Allowed: activation, attention_impl, hidden_size"):
         train(tmp_path, "--model.overrides={n_layer: 3}", "--trainer.steps=1")
 
 
