@@ -23,8 +23,23 @@ FORBIDDEN = {
 }
 
 
+def _parse(path: Path) -> ast.Module:
+    """``ast.parse`` of a file, retried when CPython 3.11's AST builder raises its spurious
+    "recursion depth mismatch" SystemError (CPython gh-106905: the builder's depth counter
+    is shared by the interpreter's threads, so a parse in another thread of the same worker
+    can trip it; the file itself is fine)."""
+    source = path.read_text()
+    for _ in range(2):
+        try:
+            return ast.parse(source)
+        except SystemError as e:
+            if "recursion depth mismatch" not in str(e):
+                raise
+    return ast.parse(source)
+
+
 def _imports(path: Path, top_level_only: bool = False):
-    tree = ast.parse(path.read_text())
+    tree = _parse(path)
     nodes = tree.body if top_level_only else ast.walk(tree)
     for node in nodes:
         if isinstance(node, ast.Import):
