@@ -210,7 +210,6 @@ def bench_model(name: str, a, dev: str) -> dict:
     del warm
     overhead = {"jax": rows["capture"]["jax_s"] / rows["forward"]["jax_s"] - 1,
                 "torch": rows["capture"]["torch_s"] / rows["forward"]["torch_s"] - 1}
-    del hf
     return dict(params_torch=n_torch, params_jax=n_jax, logits_max_abs_diff=diff, rows=rows,
                 capture_overhead=overhead)
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 
 import jax
 
-from bench_util import machine_cpu_seconds, own_cpu_seconds
+from bench_util import LoadMeter
 from compiled_step import lower_forward, lower_train_step, timed_compile
 from jaxreason.models import CausalLM, LlamaConfig
 
@@ -65,7 +63,7 @@ def main():
     depths = [int(x) for x in a.layers.split(",")]
     print(f"jax {jax.__version__} on {jax.default_backend()}; Llama d=256, batch {a.batch} x "
           f"{a.seq}; trace+lower and compile seconds, best of {a.repeats}")
-    (m0, o0), w0 = (machine_cpu_seconds(), own_cpu_seconds()), time.perf_counter()
+    load = LoadMeter()
     head = f"{'layers':>6s} {'program':16s} {'unrolled s':>11s} {'scanned s':>10s} {'ratio':>6s}"
     print("\n" + head + "\n" + "-" * len(head), flush=True)
     results = {}
@@ -75,11 +73,8 @@ def main():
         for name in r["unrolled"]:
             u, s = r["unrolled"][name]["total_s"], r["scanned"][name]["total_s"]
             print(f"{L:6d} {name:16s} {u:11.2f} {s:10.2f} {u / s:5.1f}x", flush=True)
-    m1, o1, wall = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - w0
-    if m0 is not None:
-        others = max(0.0, (m1 - m0 - o1 + o0) / wall)
-        print(f"other processes used {others:.2f} of {os.cpu_count()} cores on average during "
-              f"the {wall:.0f} s run")
+    if load.line():
+        print(load.line())
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"batch": a.batch, "seq": a.seq, "repeats": a.repeats,

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_util import cpu_line, machine_cpu_seconds, own_cpu_seconds
+from bench_util import LoadMeter, cpu_line, median_seconds
 from jaxreason.train import objectives
 from jaxreason.train.build import build_model
 from jaxreason.train.config import ModelSection, OptimizerSection, ScheduleSection
@@ -85,16 +82,6 @@ def make_step(row: dict):
     return run
 
 
-def median_step_seconds(run, repeats: int) -> float:
-    run()  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", nargs="*", default=list(DEFAULT_ROWS),
@@ -107,12 +94,12 @@ def main():
     print(cpu_line())
     print(f"jax {jax.__version__} on {jax.default_backend()}; training step of a random "
           f"Llama (vocab 256), median of {a.repeats} steps, best of {a.rounds} rounds")
-    (m0, o0), w0 = (machine_cpu_seconds(), own_cpu_seconds()), time.perf_counter()
+    load = LoadMeter()
     steps = [make_step(r) for r in rows]
     best = [float("inf")] * len(rows)
     for _ in range(a.rounds):
         for i, run in enumerate(steps):
-            best[i] = min(best[i], median_step_seconds(run, a.repeats))
+            best[i] = min(best[i], median_seconds(run, a.repeats))
     head = f"{'shape':58s} {'ms/step':>8s} {'tokens/s':>9s} {'vs base':>8s}"
     print("\n" + head + "\n" + "-" * len(head))
     base_rate = rows[0]["batch"] * rows[0]["seq"] / best[0]
@@ -122,11 +109,8 @@ def main():
         table.append({"shape": row, "ms_per_step": s * 1e3, "tokens_per_s": rate,
                       "tokens_per_s_vs_base": rate / base_rate})
         print(f"{label(row):58s} {s * 1e3:8.0f} {rate:9.0f} {rate / base_rate:7.2f}x")
-    m1, o1, wall = machine_cpu_seconds(), own_cpu_seconds(), time.perf_counter() - w0
-    if m0 is not None:
-        others = max(0.0, (m1 - m0 - o1 + o0) / wall)
-        print(f"other processes used {others:.2f} of {os.cpu_count()} cores on average during "
-              f"the {wall:.0f} s run")
+    if load.line():
+        print(load.line())
     if a.out:
         with open(a.out, "w") as f:
             json.dump(table, f, indent=1)

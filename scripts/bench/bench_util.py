@@ -46,6 +46,24 @@ def machine_cpu_seconds() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
+class LoadMeter:
+    """How busy other processes kept the machine between construction and :meth:`line`."""
+
+    def __init__(self):
+        self.machine, self.own, self.wall = (machine_cpu_seconds(), own_cpu_seconds(),
+                                             time.perf_counter())
+
+    def line(self) -> str | None:
+        """"other processes used X of N cores ..." (None off Linux, where it is unknown)."""
+        if self.machine is None:
+            return None
+        wall = time.perf_counter() - self.wall
+        others = max(0.0, (machine_cpu_seconds() - self.machine - own_cpu_seconds()
+                           + self.own) / wall)
+        return (f"other processes used {others:.2f} of {os.cpu_count()} cores on average "
+                f"during the {wall:.0f} s run")
+
+
 def cpu_description() -> dict:
     """{"model": ..., "cores": n, "vector": [extensions present]} of this machine's CPU,
     read from ``/proc/cpuinfo`` (Linux); elsewhere the model is ``platform.processor()`` and
@@ -74,7 +92,8 @@ def cpu_line() -> str:
     return f"CPU: {d['model']}, {d['cores']} cores, vector extensions: {vector}"
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after one untimed (compiling) call."""
     fn()  # compile and warm up
     times = []
     for _ in range(repeats):
@@ -93,7 +112,7 @@ def matmul_gflops(m: int, k: int, n: int, dtype="float32", repeats: int = 5) -> 
     a = jax.random.normal(jax.random.PRNGKey(0), (m, k), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (k, n), dtype)
     f = jax.jit(jnp.matmul)
-    s = _median_seconds(lambda: f(a, b).block_until_ready(), repeats)
+    s = median_seconds(lambda: f(a, b).block_until_ready(), repeats)
     return 2 * m * k * n / s / 1e9
 
 
@@ -106,7 +125,7 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     n = megabytes * 2**20 // 4
     x = jnp.ones((n // 1024, 1024), jnp.float32)
     f = jax.jit(lambda a: jnp.sum(a, axis=0))
-    s = _median_seconds(lambda: f(x).block_until_ready(), repeats)
+    s = median_seconds(lambda: f(x).block_until_ready(), repeats)
     return n * 4 / s / 1e9
 
 
