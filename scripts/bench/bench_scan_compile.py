@@ -73,8 +73,9 @@ def main():
         for name in r["unrolled"]:
             u, s = r["unrolled"][name]["total_s"], r["scanned"][name]["total_s"]
             print(f"{L:6d} {name:16s} {u:11.2f} {s:10.2f} {u / s:5.1f}x", flush=True)
-    if load.line():
-        print(load.line())
+    load_line = load.line()
+    if load_line:
+        print(load_line)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"batch": a.batch, "seq": a.seq, "repeats": a.repeats,

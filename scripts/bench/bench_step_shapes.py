@@ -12,8 +12,8 @@ them alike, and the table keeps each row's best round. A row is written as comma
 
 On the 2-core CPU (AMD EPYC, AVX-512, quiet) the number of heads moves the step more than the
 width: at rows of 576 tokens two heads instead of four make the step 1.28x faster (618 against
-794 ms) and eight heads 2x slower (1,588 ms), while 1.5x the width with two heads costs no
-more than four heads at d=128; rows of 288 at the same tokens per step are 1.42x faster. The
+794 ms) and eight heads 2x slower (1,588 ms), while 1.5x the width with two heads costs about as
+much as four heads at d=128 (809 ms); rows of 288 at the same tokens per step are 1.42x faster. The
 scores and the softmax (B x H x T x T per layer) are a large share of a step this small.
 
     source /work/venv/bin/activate
@@ -109,8 +109,9 @@ def main():
         table.append({"shape": row, "ms_per_step": s * 1e3, "tokens_per_s": rate,
                       "tokens_per_s_vs_base": rate / base_rate})
         print(f"{label(row):58s} {s * 1e3:8.0f} {rate:9.0f} {rate / base_rate:7.2f}x")
-    if load.line():
-        print(load.line())
+    load_line = load.line()
+    if load_line:
+        print(load_line)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(table, f, indent=1)
