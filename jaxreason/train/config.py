@@ -122,16 +122,20 @@ class OptimizerSection:
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleSection:
-    """Learning-rate schedule: constant or cosine, both after a linear warmup."""
+    """Learning-rate schedule after a linear warmup: constant, cosine, or ``wsd``
+    (warmup-stable-decay: the peak held, then linear over the last ``decay_fraction`` of the
+    steps), the decaying ones down to ``min_lr_ratio`` of the peak."""
 
-    kind: Literal["constant", "cosine"] = "constant"
+    kind: Literal["constant", "cosine", "wsd"] = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    decay_fraction: float = 0.2
 
     def __post_init__(self):
         if self.warmup_steps < 0:
             raise ConfigError(f"schedule.warmup_steps={self.warmup_steps} must be >= 0")
         _check_number("schedule.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        _check_number("schedule.decay_fraction", self.decay_fraction, low=0.0, high=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Optimizer and learning-rate schedule from config.
 
-AdamW (or SGD) with linear warmup into a constant or cosine schedule, global-norm clipping
+AdamW (or SGD) with linear warmup into a constant, cosine or warmup-stable-decay (``wsd``:
+the peak rate held, then a linear decay over the last ``decay_fraction`` of the steps)
+schedule, global-norm clipping
 and a weight-decay mask; frozen parameters are routed to ``optax.set_to_zero`` by the
 trainable mask, so they carry no optimizer state at all.
 """
@@ -20,6 +22,14 @@ def schedule(opt: OptimizerSection, sched: ScheduleSection, total_steps: int) ->
     warm = sched.warmup_steps
     if sched.kind == "constant":
         after = optax.constant_schedule(opt.lr)
+    elif sched.kind == "wsd":
+        # warmup-stable-decay: the peak rate held, then a linear ramp over the last
+        # decay_fraction of the steps down to min_lr_ratio * lr
+        decay = max(round(sched.decay_fraction * total_steps), 1)
+        stable = max(total_steps - warm - decay, 0)
+        after = optax.join_schedules(
+            [optax.constant_schedule(opt.lr),
+             optax.linear_schedule(opt.lr, opt.lr * sched.min_lr_ratio, decay)], [stable])
     else:
         after = optax.cosine_decay_schedule(opt.lr, max(total_steps - warm, 1),
                                             alpha=sched.min_lr_ratio)

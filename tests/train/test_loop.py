@@ -15,7 +15,8 @@ import pytest
 
 from jaxreason.train import callbacks, loop
 from jaxreason.train.build import apply_peft, build_model
-from jaxreason.train.config import load_train_config
+from jaxreason.train.config import OptimizerSection, ScheduleSection, load_train_config
+from jaxreason.train.optim import schedule
 from jaxreason.data import TokenDataset
 from jaxreason.train.lora import merge_lora
 from jaxreason.train.optim import build_optimizer, decay_mask, path_str
@@ -103,6 +104,17 @@ def test_cosine_warmup_lr_is_logged(llama_run):
                          + alpha)
         assert r["lr"] == pytest.approx(want, rel=1e-5, abs=1e-9), r["step"]
     assert rows[0]["lr"] == 0.0 and rows[warm]["lr"] == pytest.approx(lr)
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_linearly():
+    """warmup-stable-decay: linear warmup, the peak held, then a linear ramp over the last
+    decay_fraction of the steps down to min_lr_ratio * lr."""
+    lr = schedule(OptimizerSection(lr=2e-3), ScheduleSection(
+        kind="wsd", warmup_steps=10, decay_fraction=0.25, min_lr_ratio=0.1), 100)
+    got = [float(lr(s)) for s in range(101)]
+    want = [2e-3 * s / 10 for s in range(10)] + [2e-3] * 65 + \
+        [2e-3 * (1 - 0.9 * k / 25) for k in range(26)]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 
 def _answer_dataset(seed, rows=64, seq=8):
