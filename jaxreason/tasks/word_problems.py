@@ -11,7 +11,7 @@ tagged ``rag``; the others are tagged ``reason``::
     Question: Tom buys 3 dozen eggs. Then Anna gives Tom 5 more eggs. How many eggs does Tom have?
     Let's think step by step
     A dozen is 12, so 3 dozen eggs is 3 * 12 = 36 eggs.
-    So Tom has 36 + 5 = 41 eggs.
+    Then Tom has 36 + 5 = 41 eggs.
     The answer is 41.
 
 This is the layout of the few-shot prompts of Rai & Yao's neuron study (``Question: ``, the
@@ -19,8 +19,16 @@ This is the layout of the few-shot prompts of Rai & Yao's neuron study (``Questi
 between demonstrations), and the layout of the training rows, so demonstrations steer the
 format the model was trained on.
 
-Steps that name a person start with ``So``, so the name is the same token as in the question
-(the tokenizer writes a word at the start of a line without its leading space).
+The sentences after the first open with a connective of their own (``Then``, ``Next``,
+``Later``, ``After that``: the lexicon's ``CONNECTIVES``, in order), and the step that uses a
+sentence's number opens with the same word(s). That shared key is what lets a small model
+find the number a step needs: without it (every sentence opening with ``Then``, every step
+with ``So``), the step must count the sentences already used, which the 4-layer base model
+learnt late and only in some runs (teacher forced, a run that stalled copied the right
+operand of steps after the first correctly 24% of the time, against 100% for a run that
+learnt it; everything else they did alike). The other steps that name a person open with
+``So``. Either way the name follows a word, so it is the same token as in the question (the
+tokenizer writes a word at the start of a line without its leading space).
 
 Each step records which earlier step an operand came from (``left_ref``/``right_ref``), so
 variants can change a result and carry the change into later equations.
@@ -179,6 +187,12 @@ class _Builder:
         self.people: list[str] = []
         self.subject = self.obj = ""
         self.count, self.count_ref = 0, None
+        self.moves = 0  # sentences after the first, each opened by its own connective
+
+    def connective(self) -> str:
+        """The next move sentence's opening word(s): ``Then``, ``Next``, ..."""
+        self.moves += 1
+        return lex.CONNECTIVES[self.moves - 1]
 
     def person(self) -> str:
         name = self.rng.choice([n for n in lex.NAMES if n not in self.people])
@@ -240,14 +254,16 @@ def _start_rate(b: _Builder) -> bool:
 
 
 def _add(b: _Builder) -> bool:
-    n = b.pick(2, min(20, lex.MAX_VALUE - b.count))
+    n = b.pick(2, min(lex.MAX_CHANGE, lex.MAX_VALUE - b.count))
     if n is None:
         return False
+    then = b.connective()
     if b.rng.random() < 0.5:
-        b.sentences.append(f"Then {b.person()} gives {b.subject} {n} more {b.obj}.")
+        b.sentences.append(f"{then} {b.person()} gives {b.subject} {n} more {b.obj}.")
     else:
-        b.sentences.append(f"Then {b.subject} {b.rng.choice(lex.GIVE_VERBS)} {n} more {b.obj}.")
-    b.set_count(b.step(f"So {b.subject} has ", f" {b.obj}.", b.count, "+", n, "reason",
+        b.sentences.append(f"{then} {b.subject} {b.rng.choice(lex.GIVE_VERBS)} {n} more "
+                           f"{b.obj}.")
+    b.set_count(b.step(f"{then} {b.subject} has ", f" {b.obj}.", b.count, "+", n, "reason",
                        left_ref=b.count_ref))
     return True
 
@@ -260,22 +276,25 @@ def _add_unit(b: _Builder) -> bool:
     g = b.pick(2, min(9, (lex.MAX_VALUE - b.count) // fact.value))
     if g is None:
         return False
-    b.sentences.append(f"Then {b.subject} buys {fact.phrase.format(g=f'{g} more', obj=b.obj)}.")
+    then = b.connective()
+    b.sentences.append(f"{then} {b.subject} buys "
+                       f"{fact.phrase.format(g=f'{g} more', obj=b.obj)}.")
     bought = b.step(f"{fact.statement}, so {fact.phrase.format(g=g, obj=b.obj)} is ",
                     f" {b.obj}.", g, "*", fact.value, "rag")
-    b.set_count(b.step(f"So {b.subject} has ", f" {b.obj}.", b.count, "+",
+    b.set_count(b.step(f"{then} {b.subject} has ", f" {b.obj}.", b.count, "+",
                        b.steps[bought].result, "reason", left_ref=b.count_ref,
                        right_ref=bought))
     return True
 
 
 def _sub(b: _Builder) -> bool:
-    n = b.pick(2, min(30, b.count - 1))
+    n = b.pick(2, min(lex.MAX_CHANGE, b.count - 1))
     if n is None:
         return False
-    b.sentences.append(f"Then {b.subject} {b.rng.choice(lex.TAKE_VERBS)} {n} {b.obj} to "
+    then = b.connective()
+    b.sentences.append(f"{then} {b.subject} {b.rng.choice(lex.TAKE_VERBS)} {n} {b.obj} to "
                        f"{b.person()}.")
-    b.set_count(b.step(f"So {b.subject} has ", f" {b.obj} left.", b.count, "-", n, "reason",
+    b.set_count(b.step(f"{then} {b.subject} has ", f" {b.obj} left.", b.count, "-", n, "reason",
                        left_ref=b.count_ref))
     return True
 
@@ -284,10 +303,10 @@ def _mul(b: _Builder) -> bool:
     k = b.pick(2, min(5, lex.MAX_VALUE // max(b.count, 1)))
     if k is None or b.count < 1:
         return False
-    other = b.person()
-    b.sentences.append(f"{other} has {k} times as many {b.obj} as {b.subject}.")
+    other, then = b.person(), b.connective()
+    b.sentences.append(f"{then} {other} has {k} times as many {b.obj} as {b.subject}.")
     b.subject = other
-    b.set_count(b.step(f"So {other} has ", f" {b.obj}.", k, "*", b.count, "reason",
+    b.set_count(b.step(f"{then} {other} has ", f" {b.obj}.", k, "*", b.count, "reason",
                        right_ref=b.count_ref))
     return True
 
@@ -297,9 +316,10 @@ def _div(b: _Builder) -> bool:
     if not ks:
         return False
     k, cont = b.rng.choice(ks), b.rng.choice(lex.CONTAINERS)
-    b.sentences.append(f"Then {b.subject} puts the {b.obj} equally into {k} {cont} and keeps "
-                       "one of them.")
-    b.set_count(b.step(f"So {b.subject} keeps ", f" {b.obj}.", b.count, "/", k, "reason",
+    then = b.connective()
+    b.sentences.append(f"{then} {b.subject} puts the {b.obj} equally into {k} {cont} and "
+                       "keeps one of them.")
+    b.set_count(b.step(f"{then} {b.subject} keeps ", f" {b.obj}.", b.count, "/", k, "reason",
                        left_ref=b.count_ref))
     return True
 

@@ -8,12 +8,15 @@ seen the prompt layout, its positions and problems following problems, so few-sh
 demonstrations of that layout steer it at evaluation. Rows are right-padded; a problem that
 does not fit is not split, it starts the next row instead.
 
-The loss counts the solution tokens only (the steps, the answer line and the blank line that
-ends it, which is the evaluation's stop token). The questions are random draws from the
-templates: predicting their numbers is impossible and their wording is no skill the studies
-measure, so spending the small model's capacity on them would only slow learning what they
-do measure, the chain of thought. The questions stay in the context, so the model still
-learns to read them.
+The loss counts the solution tokens (the steps, the answer line and the blank line that ends
+it, which is the evaluation's stop token) with weight 1 and the question tokens with
+``question_weight`` (default 0: solutions only). The questions are random draws from the
+templates, so their numbers cannot be predicted; but predicting their words teaches the
+model the question's structure (which sentence opens with ``Then``, which with ``Next``, where
+each sentence's number sits), which is what a step needs to find its operand there. In
+1,000 steps of the world base model's shape, a weight of 0.3 took the right operands copied
+from the question (what a solutions-only run learns last) from 62% to 100% correct, teacher
+forced on held-out problems; the configured base model uses it.
 
 Problems come from their own seeded stream (``data_seed``) and skip every question of the
 held-out splits (valid, test and the demonstration pools), so evaluation numbers are on
@@ -45,9 +48,11 @@ def draw_problems(n: int, seed: int, exclude: set, step_counts: Sequence[int] = 
     return out
 
 
-def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int):
+def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int,
+              question_weight: float = 0.0):
     """tokens, attention_mask, loss_mask of ``rows`` rows of ``seq_len`` packed in order
-    from ``problems`` (an error when they run out)."""
+    from ``problems`` (an error when they run out); question tokens weigh
+    ``question_weight`` in the loss, solution tokens 1."""
     enc = tokenizer([p.prompt for p in problems] + [p.solution for p in problems],
                     add_special_tokens=False)["input_ids"]
     prompts, solutions = enc[:len(problems)], enc[len(problems):]
@@ -65,6 +70,7 @@ def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int):
                                      f"({1 + len(q) + len(s)} tokens)")
                 break
             tokens[r, at:at + len(q)] = q
+            loss[r, at:at + len(q)] = question_weight
             tokens[r, at + len(q):at + len(q) + len(s)] = s
             loss[r, at + len(q):at + len(q) + len(s)] = 1.0
             at += len(q) + len(s)
@@ -79,7 +85,8 @@ def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int):
 def word_problems_task(seed: int, rows: int = 8000, seq_len: int = 768, data_seed: int = 1000,
                        step_counts: Sequence[int] = STEP_COUNTS,
                        weights: Sequence[float] | None = None,
-                       tokenizer_dir: str | None = None) -> TokenDataset:
+                       tokenizer_dir: str | None = None,
+                       question_weight: float = 0.0) -> TokenDataset:
     """Packed chain-of-thought rows for training (the rows depend on ``data_seed`` only, so
     every run trains on the same data; ``seed`` is unused). ``tokenizer_dir``: also save the
     world's tokenizer there (for ``checkpoint.export_tokenizer``)."""
@@ -96,6 +103,8 @@ def word_problems_task(seed: int, rows: int = 8000, seq_len: int = 768, data_see
     per_row = seq_len // 80 + 1
     problems = draw_problems(rows * per_row, data_seed, held_out_questions(), step_counts,
                              weights)
-    tokens, attn, loss = pack_rows(problems, tokenizer, rows, seq_len)
+    if not 0.0 <= question_weight <= 1.0:
+        raise ValueError(f"word_problems: question_weight={question_weight}; allowed: 0..1")
+    tokens, attn, loss = pack_rows(problems, tokenizer, rows, seq_len, question_weight)
     return TokenDataset({"tokens": tokens, "attention_mask": attn, "loss_mask": loss},
                         name="word_problems")

@@ -81,6 +81,31 @@ def test_operands_come_from_the_question_earlier_steps_or_facts(splits):
                     assert value in given, (p.question, s.text)
 
 
+def test_a_step_shares_its_opening_with_the_sentence_whose_number_it_uses(splits):
+    """Sentences after the first open with Then, Next, Later, After that, in that order; a
+    step opening with one of them takes its question operand from that very sentence."""
+    openings = ("Then", "Next", "Later", "After that")
+    keyed = 0
+    for p in all_problems(splits):
+        sentences = re.split(r"(?<=\.) ", p.question)[:-1]  # the last asks the question
+        opened = [next((w for w in openings if t.startswith(w + " ")), None)
+                  for t in sentences[1:]]
+        assert None not in opened and opened == list(openings[:len(opened)]), p.question
+        for i, s in enumerate(p.steps):
+            word = next((w for w in openings if s.before.startswith(w + " ")), None)
+            if word is None:
+                continue
+            numbers = {int(x) for x in re.findall(r"\d+", sentences[1 + openings.index(word)])}
+            # the sentence's number is an operand of this step, or of the fact recall
+            # just before it ("Then Tom buys 3 more dozen eggs": "3 * 12", then "Then ...")
+            used = {s.left, s.right}
+            if i and p.steps[i - 1].tag == "rag":
+                used |= {p.steps[i - 1].left}
+            assert numbers and numbers <= used, (p.question, s.text)
+            keyed += 1
+    assert keyed > 1000
+
+
 def test_facts_are_true_and_tagged(splits):
     assert lex.fact_table() == KNOWN_FACTS
     seen = set()

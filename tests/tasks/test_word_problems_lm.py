@@ -50,6 +50,19 @@ def test_rows_hold_whole_problems_and_the_loss_covers_solutions_only(tok, packed
             "".join(p.prompt for p in expected)
 
 
+def test_question_weight_weighs_the_question_tokens_only(tok, packed):
+    problems, (tokens, attn, loss) = packed
+    _, _, weighted = pack_rows(problems, tok, rows=12, seq_len=512, question_weight=0.3)
+    solution = loss == 1.0
+    assert (weighted[solution] == 1.0).all()
+    question = (attn == 1) & ~solution
+    question[:, 0] = False  # BOS stays out of the loss
+    assert (weighted[question] == np.float32(0.3)).all()
+    assert not weighted[~question & ~solution].any()
+    with pytest.raises(ValueError, match="question_weight=1.5"):
+        build_dataset("word_problems", seed=0, rows=2, seq_len=640, question_weight=1.5)
+
+
 def test_training_stream_skips_held_out_questions(tok):
     held = held_out_questions()
     test_qs = {p.question for p in make_splits()["test"]}
@@ -83,10 +96,14 @@ def test_world_base_config_fits_the_prompts(tok):
     assert model["vocab_size"] >= len(tok)
     seq = cfg.data.task_args["seq_len"]
     assert seq <= model["max_position_embeddings"]
-    longest_q = max(len(tok(p.prompt)["input_ids"]) for p in make_splits()["test"])
-    for t in wv.PROMPT_TYPES:  # the 4-shot eval prompt, question and budget stay in the
-        prefix = len(tok(wv.few_shot_prompt(t, 4))["input_ids"])  # trained positions
-        assert prefix + longest_q + 120 <= seq, t
+    test = make_splits()["test"]
+    longest_q = max(len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in test)
+    longest_s = max(len(tok(p.solution, add_special_tokens=False)["input_ids"]) for p in test)
+    for t in wv.PROMPT_TYPES:  # the 4-shot eval prompt (with BOS), the question and the
+        # longest gold solution stay in the trained positions: a right answer never needs an
+        # untrained one (the eval's max_new_tokens=120 only caps continuations that ramble)
+        prefix = len(tok(wv.few_shot_prompt(t, 4))["input_ids"])
+        assert prefix + longest_q + longest_s <= seq, t
     assert cfg.checkpoint.export_hf and cfg.checkpoint.export_tokenizer == \
         cfg.data.task_args["tokenizer_dir"]
 
