@@ -25,8 +25,9 @@ problems the model never trained on.
 
 from __future__ import annotations
 
+import itertools
 import random
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,34 +37,50 @@ from jaxreason.tasks.word_problems import STEP_COUNTS, held_out_questions, sampl
 from jaxreason.tasks.world_tokenizer import build_world_tokenizer, save_world_tokenizer
 
 
-def draw_problems(n: int, seed: int, exclude: set, step_counts: Sequence[int] = STEP_COUNTS,
-                  weights: Sequence[float] | None = None) -> list:
-    """``n`` problems of the training stream (repeats allowed, held-out questions never)."""
+def iter_problems(seed: int, exclude: set, step_counts: Sequence[int] = STEP_COUNTS,
+                  weights: Sequence[float] | None = None) -> Iterator:
+    """The training stream: problems drawn one after another from ``random.Random(seed)``
+    (repeats allowed, held-out questions never), without end."""
     rng = random.Random(seed)
-    out = []
-    while len(out) < n:
+    while True:
         p = sample_problem(rng, rng.choices(list(step_counts), weights=weights)[0])
         if p.question not in exclude:
-            out.append(p)
-    return out
+            yield p
 
 
-def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int,
+def draw_problems(n: int, seed: int, exclude: set, step_counts: Sequence[int] = STEP_COUNTS,
+                  weights: Sequence[float] | None = None) -> list:
+    """The first ``n`` problems of :func:`iter_problems`."""
+    return list(itertools.islice(iter_problems(seed, exclude, step_counts, weights), n))
+
+
+def _encoded(problems: Iterable, tokenizer, chunk: int = 1024) -> Iterator:
+    """(question ids, solution ids) per problem, tokenized ``chunk`` problems at a time, so
+    a stream is drawn and tokenized only as far as the rows use it."""
+    source = iter(problems)
+    while batch := list(itertools.islice(source, chunk)):
+        enc = tokenizer([p.prompt for p in batch] + [p.solution for p in batch],
+                        add_special_tokens=False)["input_ids"]
+        yield from zip(enc[:len(batch)], enc[len(batch):])
+
+
+def pack_rows(problems: Iterable, tokenizer, rows: int, seq_len: int,
               question_weight: float = 0.0):
     """tokens, attention_mask, loss_mask of ``rows`` rows of ``seq_len`` packed in order
-    from ``problems`` (an error when they run out); question tokens weigh
-    ``question_weight`` in the loss, solution tokens 1."""
-    enc = tokenizer([p.prompt for p in problems] + [p.solution for p in problems],
-                    add_special_tokens=False)["input_ids"]
-    prompts, solutions = enc[:len(problems)], enc[len(problems):]
+    from ``problems`` (a sequence or an endless stream; an error when they run out); question
+    tokens weigh ``question_weight`` in the loss, solution tokens 1."""
+    pairs = _encoded(problems, tokenizer)
     tokens = np.full((rows, seq_len), tokenizer.pad_token_id, np.int32)
     loss = np.zeros((rows, seq_len), np.float32)
     attn = np.zeros((rows, seq_len), np.int32)
-    i = 0
+    pending = next(pairs, None)
+    used = 0
     for r in range(rows):
         tokens[r, 0], at = tokenizer.bos_token_id, 1
-        while i < len(problems):
-            q, s = prompts[i], solutions[i]
+        if pending is None:
+            raise ValueError(f"{used} problems fill only {r} of {rows} rows")
+        while pending is not None:
+            q, s = pending
             if at + len(q) + len(s) > seq_len:
                 if at == 1:
                     raise ValueError(f"seq_len={seq_len} is too short for one problem "
@@ -74,9 +91,8 @@ def pack_rows(problems: Sequence, tokenizer, rows: int, seq_len: int,
             tokens[r, at + len(q):at + len(q) + len(s)] = s
             loss[r, at + len(q):at + len(q) + len(s)] = 1.0
             at += len(q) + len(s)
-            i += 1
-        else:
-            raise ValueError(f"{len(problems)} problems fill only {r} of {rows} rows")
+            used += 1
+            pending = next(pairs, None)
         attn[r, :at] = 1
     return tokens, attn, loss
 
@@ -99,10 +115,7 @@ def word_problems_task(seed: int, rows: int = 8000, seq_len: int = 768, data_see
                          "step counts")
     tokenizer = (save_world_tokenizer(tokenizer_dir) if tokenizer_dir
                  else build_world_tokenizer())
-    # problems average under 100 tokens: draw enough that the rows never run out
-    per_row = seq_len // 80 + 1
-    problems = draw_problems(rows * per_row, data_seed, held_out_questions(), step_counts,
-                             weights)
+    problems = iter_problems(data_seed, held_out_questions(), step_counts, weights)
     if not 0.0 <= question_weight <= 1.0:
         raise ValueError(f"word_problems: question_weight={question_weight}; allowed: 0..1")
     tokens, attn, loss = pack_rows(problems, tokenizer, rows, seq_len, question_weight)

@@ -12,7 +12,7 @@ from jaxreason.data import build_dataset
 from jaxreason.tasks import word_problem_variants as wv
 from jaxreason.tasks.word_problems import held_out_questions, make_splits
 from jaxreason.tasks.word_problems_eval import balanced, evaluate_prompt_type, parse_answer
-from jaxreason.tasks.word_problems_lm import draw_problems, pack_rows
+from jaxreason.tasks.word_problems_lm import draw_problems, iter_problems, pack_rows
 from jaxreason.tasks.world_tokenizer import build_world_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +48,14 @@ def test_rows_hold_whole_problems_and_the_loss_covers_solutions_only(tok, packed
         assert spans == [p.solution for p in expected]
         assert tok.decode(tokens[r, :n][~masked].tolist(), skip_special_tokens=True) == \
             "".join(p.prompt for p in expected)
+
+
+def test_a_stream_is_packed_like_the_list_and_running_out_is_an_error(tok, packed):
+    problems, arrays = packed
+    stream = pack_rows(iter_problems(5, held_out_questions()), tok, rows=12, seq_len=512)
+    assert all(np.array_equal(a, b) for a, b in zip(stream, arrays))
+    with pytest.raises(ValueError, match="3 problems fill only 1 of 5 rows"):
+        pack_rows(problems[:3], tok, rows=5, seq_len=512)
 
 
 def test_question_weight_weighs_the_question_tokens_only(tok, packed):
