@@ -115,7 +115,8 @@ def test_wrong_type_is_reported(override, pattern):
     (["--optimizer.accumulate=0"], r"accumulate=0 must be >= 1"),
     (["--data.eval_fraction=1.0"], r"eval_fraction=1.0 must be in \[0, 1\)"),
     (["--optimizer.lr=0"], r"lr=0.0 must be positive"),
-    (["--schedule.decay_fraction=1.5"], r"schedule.decay_fraction=1.5 must be in \[0, 1\]"),
+    (["--schedule.decay_fraction=1.5"],
+     r"schedule.decay_fraction=1.5 must be a finite number in \[0, 1\]"),
 ])
 def test_impossible_combinations_are_refused(overrides, pattern):
     """Combinations that cannot run fail at load time, before any model is built."""
