@@ -25,8 +25,8 @@ sentence's number opens with the same word(s). That shared key is what lets a sm
 find the number a step needs: without it (every sentence opening with ``Then``, every step
 with ``So``), the step must count the sentences already used, which the 4-layer base model
 learnt late and only in some runs (teacher forced, a run that stalled copied the right
-operand of steps after the first correctly 24% of the time, against 100% for a run that
-learnt it; everything else they did alike). The other steps that name a person open with
+operand of steps after the first correctly 26% of the time, against 100% for a run that
+learnt it; the other operands and the results differed far less). The other steps that name a person open with
 ``So``. Either way the name follows a word, so it is the same token as in the question (the
 tokenizer writes a word at the start of a line without its leading space).
 
