@@ -26,9 +26,10 @@ find the number a step needs: without it (every sentence opening with ``Then``, 
 with ``So``), the step must count the sentences already used, which the 4-layer base model
 learnt late and only in some runs (teacher forced, a run that stalled copied the right
 operand of steps after the first correctly 26% of the time, against 100% for a run that
-learnt it; the other operands and the results differed far less). The other steps that name a person open with
-``So``. Either way the name follows a word, so it is the same token as in the question (the
-tokenizer writes a word at the start of a line without its leading space).
+learnt it; the other operands and the results differed far less). The other steps that
+name a person open with ``So``. Either way the name follows a word, so it is the same token
+as in the question (the tokenizer writes a word at the start of a line without its leading
+space).
 
 Each step records which earlier step an operand came from (``left_ref``/``right_ref``), so
 variants can change a result and carry the change into later equations.
