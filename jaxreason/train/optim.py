@@ -2,9 +2,8 @@
 
 AdamW (or SGD) with linear warmup into a constant, cosine or warmup-stable-decay (``wsd``:
 the peak rate held, then a linear decay over the last ``decay_fraction`` of the steps)
-schedule, global-norm clipping
-and a weight-decay mask; frozen parameters are routed to ``optax.set_to_zero`` by the
-trainable mask, so they carry no optimizer state at all.
+schedule, global-norm clipping and a weight-decay mask; frozen parameters are routed to
+``optax.set_to_zero`` by the trainable mask, so they carry no optimizer state at all.
 """
 
 from __future__ import annotations
