@@ -12,8 +12,7 @@ def report(fake_devices):
 
 
 def test_every_family_and_mesh_ran(report):
-    assert sorted(report) == ["gpt2/2x2x2", "gpt2/8x1x1", "llama-scan/2x2x2", "llama/2x2x2",
-                              "llama/8x1x1"]
+    assert sorted(report) == ["gpt2/2x2x2", "llama-scan/2x2x2", "llama/2x2x2", "llama/8x1x1"]
 
 
 def test_sharded_forward_and_captures_match_single_device(report):

@@ -1,0 +1,66 @@
+"""Keep XLA:CPU's scratch memory mapped from one step to the next (glibc malloc settings).
+
+XLA's CPU runtime allocates the temporaries of each execution of a compiled program as one
+large block and frees it when the execution ends. glibc serves a block above its mmap
+threshold (32 MiB at most) with a fresh ``mmap`` and gives it back with ``munmap``, so every
+training step touches its scratch memory for the first time again, one page fault per 4 KiB:
+the world base model (``configs/world_base.yaml``, 7 x 672 tokens a step) spent about 30% of
+its CPU time in the kernel, at ~275,000 page faults a step. Three settings keep the memory:
+
+- one arena for every thread (``M_ARENA_MAX=1``): a thread's own arena grows in 64 MiB heaps
+  and serves a larger block with ``mmap`` whatever the settings below say;
+- no ``mmap`` for large blocks (``M_MMAP_MAX=0``): they come from the main heap;
+- no trimming of the heap's free top (``M_TRIM_THRESHOLD`` at its maximum): a freed block
+  stays mapped for the next step.
+
+The price is that the process keeps its peak heap mapped until it exits. ``scripts/bench/
+bench_host_memory.py`` measures the effect against glibc's defaults in the same run.
+
+:func:`tune` runs when ``jaxreason`` is imported, before NumPy or JAX start threads (the arena
+limit binds only threads that have not allocated yet), on Linux with glibc. It leaves the
+defaults alone where ``JAXREASON_HOST_MALLOC=default`` is set, and on hosts with an NVIDIA or
+TPU device (``/dev/nvidia*``, ``/dev/accel*``): there the step's scratch lives on the device,
+and a checkpoint's host copy, freed after its transfer, should go back to the system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+
+ENV = "JAXREASON_HOST_MALLOC"  # "default": leave glibc's settings alone
+# mallopt(3) parameter numbers (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+ACCELERATORS = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*")
+
+applied = False  # whether tune() changed the settings in this process
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get(ENV, "").strip().lower() == "default":
+        return f"{ENV}=default"
+    if not sys.platform.startswith("linux"):
+        return f"platform {sys.platform}"
+    if any(glob.glob(pattern) for pattern in ACCELERATORS):
+        return "an accelerator device is present"
+    return None
+
+
+def tune() -> bool:
+    """Apply :data:`SETTINGS` with ``mallopt`` unless :func:`_skip_reason` says not to;
+    whether they were applied (False also where the C library is not glibc)."""
+    global applied
+    if applied or _skip_reason() is not None:
+        return applied
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    applied = all(mallopt(param, value) == 1 for param, value in SETTINGS)
+    return applied
