@@ -10,8 +10,10 @@ its CPU time in the kernel, at ~275,000 page faults a step. Three settings keep 
 - one arena for every thread (``M_ARENA_MAX=1``): a thread's own arena grows in 64 MiB heaps
   and serves a larger block with ``mmap`` whatever the settings below say;
 - no ``mmap`` for large blocks (``M_MMAP_MAX=0``): they come from the main heap;
-- no trimming of the heap's free top (``M_TRIM_THRESHOLD`` at its maximum): a freed block
-  stays mapped for the next step.
+- no trimming of the heap's free top (``M_TRIM_THRESHOLD`` = -1, which glibc reads as the
+  largest size; the largest positive ``int``, 2 GiB, still let a training run fault in ~3x
+  more pages than the setting by environment variable): a freed block stays mapped for the
+  next step.
 
 The price is that the process keeps its peak heap mapped until it exits. ``scripts/bench/
 bench_host_memory.py`` measures the effect against glibc's defaults in the same run.
@@ -34,7 +36,7 @@ import sys
 ENV = "JAXREASON_HOST_MALLOC"  # "default": leave glibc's settings alone
 # mallopt(3) parameter numbers (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 ACCELERATORS = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*")
 
 applied = False  # whether tune() changed the settings in this process
