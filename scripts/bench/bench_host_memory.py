@@ -8,7 +8,7 @@ before threads start, so each setting runs in its own subprocess (a worker) with
 
 Each worker builds the world base model's shape (a 4-layer Llama, d=128, vocab 256, random
 weights, seed 0) and times one jitted AdamW training step (forward, backward and update of
-the causal-LM loss) on random tokens of ``--batch`` x ``--seq`` (the configured 7 x 672 by
+the causal-LM loss) on random tokens of ``--batch`` x ``--seq`` (the configured 8 x 576 by
 default): median over ``--steps`` steps after two untimed ones (compiling and first touch).
 It also reports the step's system CPU time and minor page faults (``getrusage``): the cost
 the tuning removes. Workers of the two settings alternate for ``--rounds`` rounds, so
@@ -35,8 +35,8 @@ SETTINGS = {"default": {"JAXREASON_HOST_MALLOC": "default"}, "tuned": {}}
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=7)
-    p.add_argument("--seq", type=int, default=672)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=576)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=None, help="write the results as JSON to this path")
