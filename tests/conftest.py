@@ -22,6 +22,22 @@ from pathlib import Path
 import pytest
 
 
+# glibc's malloc settings of jaxreason.host_memory as environment variables, read when a
+# process starts: pytest-xdist workers run execnet threads before they import jaxreason, so
+# the settings made at import bind only some of their threads (see host_memory).
+HOST_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                   "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+
+
+def pytest_configure(config):
+    """In the controller, before xdist starts its workers: give them the malloc settings."""
+    from jaxreason import host_memory
+
+    if host_memory._skip_reason() is None:
+        for key, value in HOST_MALLOC_ENV.items():
+            os.environ.setdefault(key, value)
+
+
 def run_on_fake_devices(worker, count: int, *args: str, timeout: int = 600):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
                JAX_PLATFORMS="cpu")

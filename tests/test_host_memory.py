@@ -43,7 +43,8 @@ print(json.dumps({"applied": host_memory.applied, "faults": faults}))
 
 
 def probe(**env) -> dict:
-    full = {k: v for k, v in os.environ.items() if k != host_memory.ENV}
+    full = {k: v for k, v in os.environ.items()  # glibc's own MALLOC_* variables too
+            if k != host_memory.ENV and not k.startswith("MALLOC_")}
     full.update(env, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True,
                           text=True, timeout=120)

@@ -88,7 +88,8 @@ def worker(a) -> dict:
 
 
 def run_worker(a, env_extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "JAXREASON_HOST_MALLOC"}
+    env = {k: v for k, v in os.environ.items()  # and glibc's own MALLOC_* settings
+           if k != "JAXREASON_HOST_MALLOC" and not k.startswith("MALLOC_")}
     env.update(env_extra, JAX_PLATFORMS="cpu")
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(here)), here,
