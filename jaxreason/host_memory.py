@@ -22,7 +22,10 @@ base model training run peaked at 8.0 GB resident, against 1.9 GB with glibc's d
 speed against glibc's defaults in the same run.
 
 :func:`tune` runs when ``jaxreason`` is imported, before NumPy or JAX start threads (the arena
-limit binds only threads that have not allocated yet), on Linux with glibc. It leaves the
+limit binds only threads that have not allocated yet), on Linux with glibc. A process whose
+threads started earlier (JAX imported first, pytest-xdist workers) gets the full effect from
+glibc's environment variables instead, read at process start (:data:`ENVIRONMENT`;
+``tests/conftest.py`` sets them for the suite's workers). It leaves the
 defaults alone where ``JAXREASON_HOST_MALLOC=default`` is set, and on hosts with an NVIDIA or
 TPU device (``/dev/nvidia*``, ``/dev/accel*``): there the step's scratch lives on the device,
 and a checkpoint's host copy, freed after its transfer, should go back to the system.
@@ -41,11 +44,16 @@ ENV = "JAXREASON_HOST_MALLOC"  # "default": leave glibc's settings alone
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 ACCELERATORS = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*")
+# The same settings as glibc's environment variables, which it reads at process start: for a
+# process whose threads start before it imports jaxreason (see the module docstring).
+ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+               "MALLOC_TRIM_THRESHOLD_": str(2**62)}
 
 applied = False  # whether tune() changed the settings in this process
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
+    """Why :func:`tune` leaves glibc's settings alone here, or None."""
     if os.environ.get(ENV, "").strip().lower() == "default":
         return f"{ENV}=default"
     if not sys.platform.startswith("linux"):
@@ -56,10 +64,10 @@ def _skip_reason() -> str | None:
 
 
 def tune() -> bool:
-    """Apply :data:`SETTINGS` with ``mallopt`` unless :func:`_skip_reason` says not to;
+    """Apply :data:`SETTINGS` with ``mallopt`` unless :func:`skip_reason` says not to;
     whether they were applied (False also where the C library is not glibc)."""
     global applied
-    if applied or _skip_reason() is not None:
+    if applied or skip_reason() is not None:
         return applied
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

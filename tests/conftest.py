@@ -22,19 +22,15 @@ from pathlib import Path
 import pytest
 
 
-# glibc's malloc settings of jaxreason.host_memory as environment variables, read when a
-# process starts: pytest-xdist workers run execnet threads before they import jaxreason, so
-# the settings made at import bind only some of their threads (see host_memory).
-HOST_MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
-                   "MALLOC_TRIM_THRESHOLD_": str(2**62)}
-
-
 def pytest_configure(config):
-    """In the controller, before xdist starts its workers: give them the malloc settings."""
+    """In the controller, before xdist starts its workers: give them (and every subprocess)
+    jaxreason's malloc settings as glibc's environment variables. Workers run execnet threads
+    before they import jaxreason, so the settings made at import would bind only some of
+    their threads (see jaxreason.host_memory)."""
     from jaxreason import host_memory
 
-    if host_memory._skip_reason() is None:
-        for key, value in HOST_MALLOC_ENV.items():
+    if host_memory.skip_reason() is None:
+        for key, value in host_memory.ENVIRONMENT.items():
             os.environ.setdefault(key, value)
 
 

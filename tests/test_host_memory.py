@@ -53,7 +53,7 @@ def probe(**env) -> dict:
 
 
 needs_glibc_cpu_host = pytest.mark.skipif(
-    ctypes.util.find_library("c") != "libc.so.6" or host_memory._skip_reason() is not None,
+    ctypes.util.find_library("c") != "libc.so.6" or host_memory.skip_reason() is not None,
     reason="the tuning applies on Linux hosts with glibc and without an accelerator")
 
 
@@ -68,11 +68,11 @@ def test_a_freed_block_stays_mapped_once_tuned_and_not_by_default():
 
 def test_skip_reasons(monkeypatch):
     monkeypatch.setenv(host_memory.ENV, "Default")
-    assert host_memory._skip_reason() == f"{host_memory.ENV}=default"
+    assert host_memory.skip_reason() == f"{host_memory.ENV}=default"
     monkeypatch.delenv(host_memory.ENV)
     monkeypatch.setattr(host_memory.sys, "platform", "darwin")
-    assert host_memory._skip_reason() == "platform darwin"
+    assert host_memory.skip_reason() == "platform darwin"
     monkeypatch.setattr(host_memory.sys, "platform", "linux")
     monkeypatch.setattr(host_memory.glob, "glob",
                         lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
-    assert host_memory._skip_reason() == "an accelerator device is present"
+    assert host_memory.skip_reason() == "an accelerator device is present"
