@@ -5,6 +5,12 @@ of sharded or data-parallel code run a worker script in a fresh Python with ``co
 CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``). The worker prints one
 JSON line last; the fixture returns it parsed, or fails with the worker's stderr.
 
+A persistent XLA compilation cache for the whole session (every xdist worker and every
+subprocess a test starts, through ``JAX_COMPILATION_CACHE_DIR``): tests build fresh models and
+``jit`` fresh closures, so without it the same program compiles again in each test, worker and
+subprocess. The directory is made at the start and removed at the end; set
+``JAX_COMPILATION_CACHE_DIR`` yourself to keep a cache between sessions.
+
 ``tiny_world_model``: the HF directory (weights plus the world's tokenizer) of a one-layer
 world base model trained for a few steps from ``configs/world_base.yaml``, once per test
 session (per xdist worker). Study tests that only need a model of the world's shape and
@@ -15,23 +21,48 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 
+_CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = []  # the cache directory this process made (removed at the end)
+
+
 def pytest_configure(config):
-    """In the controller, before xdist starts its workers: give them (and every subprocess)
-    jaxreason's malloc settings as glibc's environment variables. Workers run execnet threads
-    before they import jaxreason, so the settings made at import would bind only some of
-    their threads (see jaxreason.host_memory)."""
+    """In the controller, before xdist starts its workers (they and every subprocess inherit
+    the environment):
+
+    * jaxreason's malloc settings as glibc's environment variables. Workers run execnet threads
+      before they import jaxreason, so the settings made at import would bind only some of
+      their threads (see jaxreason.host_memory).
+    * the session's compilation cache, every program cached however fast it compiled.
+    """
     from jaxreason import host_memory
 
     if host_memory.skip_reason() is None:
         for key, value in host_memory.ENVIRONMENT.items():
             os.environ.setdefault(key, value)
+    if not os.environ.get(_CACHE_VARIABLE):
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="jaxreason-xla-cache-"))
+        os.environ[_CACHE_VARIABLE] = _OWN_CACHE[0]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if "jax" in sys.modules:  # imported before this hook (-p plugins): JAX read its env already
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_VARIABLE])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    for directory in _OWN_CACHE:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_on_fake_devices(worker, count: int, *args: str, timeout: int = 600):

@@ -1,9 +1,5 @@
 """Shared helpers for the training-engine tests.
 
-* A persistent XLA compilation cache for the session (and the subprocesses it starts, through
-  ``JAX_COMPILATION_CACHE_DIR``): ``main`` jits a fresh closure on every call, so without it
-  two runs of the same config compile the same program twice. Set ``JAX_COMPILATION_CACHE_DIR``
-  yourself to keep the cache between sessions.
 * ``train(run_dir, *overrides, callbacks=())``: one in-process ``main`` run of a tiny
   copy-task config (``BASE`` + overrides), returning the result dict and the metrics.jsonl
   rows.
@@ -32,32 +28,6 @@ BASE = (
     "--trainer.progress=false",
     "--trainer.plot=false",
 )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _compilation_cache(tmp_path_factory):
-    """Turn the persistent cache on for these tests (and their subprocesses), then restore."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    names = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    old_env = {k: os.environ.get(k) for k in names}
-    old_cfg = (jax.config.jax_compilation_cache_dir,
-               jax.config.jax_persistent_cache_min_compile_time_secs)
-    cache = old_env[names[0]] or str(tmp_path_factory.mktemp("xla"))
-    os.environ.update(dict(zip(names, (cache, "0"))))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    compilation_cache.reset_cache()  # take effect even if something compiled before
-    yield
-    for k, v in old_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    jax.config.update("jax_compilation_cache_dir", old_cfg[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_cfg[1])
-    compilation_cache.reset_cache()
 
 
 def python_env(**extra) -> dict:

@@ -1,6 +1,6 @@
 """The training-engine fixtures of ``tests/train/conftest.py`` (the tiny copy-task
-``train(run_dir, *overrides)`` runner, ``config_for``, ``read_rows`` and the persistent
-compilation cache), loaded from that file so both test folders share one definition."""
+``train(run_dir, *overrides)`` runner, ``config_for``, ``read_rows``), loaded from that file
+so both test folders share one definition."""
 
 import importlib.util
 from pathlib import Path
@@ -12,7 +12,6 @@ _spec = importlib.util.spec_from_file_location(
 _engine = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_engine)
 
-_compilation_cache = _engine._compilation_cache
 train = _engine.train
 base_args = _engine.base_args
 
