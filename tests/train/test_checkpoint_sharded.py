@@ -62,10 +62,9 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_save_restore_into_other_shardings(tmp_path):
+def test_sharded_save_restore_into_other_shardings(tmp_path, xla_flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
-                         + " --xla_force_host_platform_device_count=8").strip()}
+           "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8")}
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "ckpt")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "SHARDED-OK" in proc.stdout, proc.stderr[-4000:]

@@ -79,11 +79,11 @@ def baseline(train, tmp_path_factory):
     return get
 
 
-def run_worker(runs, root, base_args, python, subprocess_env):
+def run_worker(runs, root, base_args, python, subprocess_env, xla_flags):
     spec = {"root": str(root), "runs": [list(r) for r in runs],
             "base": [*base_args, DATA, f"--trainer.steps={STEPS}",
                      f"--checkpoint.save_every={STEPS}"]}
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = subprocess_env(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"))
     proc = subprocess.run([python, str(WORKER), json.dumps(spec)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -107,19 +107,21 @@ def check(runs, report, baseline):
 
 
 def test_sharded_training_matches_single_device(tmp_path, base_args, python, subprocess_env,
-                                                baseline):
-    """data=8 (GPT-2) and data2xfsdp2xtensor2 (Llama): same per-step losses as one device (to 1e-5 relative), every parameter and Adam moment of the final state that
+                                                xla_flags, baseline):
+    """data=8 (GPT-2) and data2xfsdp2xtensor2 (Llama): same per-step losses as one device (to
+    1e-5 relative), every parameter and Adam moment of the final state that
     ``main`` holds is sharded exactly as ``logical_to_mesh_spec`` prescribes, and the final
     evaluation runs even when the held-out rows do not divide over the devices."""
-    check(DEFAULT_RUNS, run_worker(DEFAULT_RUNS, tmp_path, base_args, python, subprocess_env),
-          baseline)
+    runs = run_worker(DEFAULT_RUNS, tmp_path, base_args, python, subprocess_env, xla_flags)
+    check(DEFAULT_RUNS, runs, baseline)
 
 
 @pytest.mark.slow
-def test_sharded_training_full_matrix(tmp_path, base_args, python, subprocess_env, baseline):
+def test_sharded_training_full_matrix(tmp_path, base_args, python, subprocess_env, xla_flags,
+                                      baseline):
     """The same check for both models on all four meshes."""
     rest = [r for r in ALL_RUNS if r not in DEFAULT_RUNS]
-    check(rest, run_worker(rest, tmp_path, base_args, python, subprocess_env), baseline)
+    check(rest, run_worker(rest, tmp_path, base_args, python, subprocess_env, xla_flags), baseline)
 
 
 def test_rules_replicate_what_does_not_divide():
