@@ -14,8 +14,8 @@ subprocess. The directory is made at the start and removed at the end; set
 The suite compiles at XLA's backend optimization level 0 (``TEST_XLA_FLAGS``, added to
 ``XLA_FLAGS`` for the workers and every subprocess): the models here are tiny, so the tests
 spend about half their CPU time in XLA's compiler (616 of ~1,260 s in one run), and level 0
-compiles about 40% faster (354 s) (XLA uses no fast-math at any level; every test passes at both). Set
-``JAXREASON_TEST_XLA_OPT=default`` to run the suite with the compiler's default level.
+compiles about 40% faster (354 s). XLA uses no fast-math at any level, and every test passes
+at both. ``JAXREASON_TEST_XLA_OPT=default`` runs the suite at the compiler's default level.
 ``xla_flags(*more)`` gives the ``XLA_FLAGS`` value for a subprocess that needs more flags
 (fake devices).
 
