@@ -62,9 +62,10 @@ def pytest_configure(config):
         _OWN_CACHE.append(tempfile.mkdtemp(prefix="jaxreason-xla-cache-"))
         os.environ[_CACHE_VARIABLE] = _OWN_CACHE[0]
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    if os.environ.get("JAXREASON_TEST_XLA_OPT") != "default":
+    if os.environ.get("JAXREASON_TEST_XLA_OPT") != "default":  # a flag the user set wins
+        given = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = xla_flags(*(f for f in TEST_XLA_FLAGS
-                                              if f not in os.environ.get("XLA_FLAGS", "")))
+                                              if f.split("=")[0] not in given))
     if "jax" in sys.modules:  # imported before this hook (-p plugins): JAX read its env already
         import jax
 
