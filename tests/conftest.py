@@ -142,7 +142,8 @@ def tiny_world_model(tmp_path_factory):
 
     root = Path(__file__).resolve().parents[1]
     directory = tmp_path_factory.mktemp("tiny_world")
-    return world_base_model(str(root / "configs/world_base.yaml"), tiny_world_overrides(directory))
+    return world_base_model(str(root / "configs/world_base.yaml"), tiny_world_overrides(directory),
+                            check_problems=0)  # a few training steps: no bar to check
 
 
 @pytest.fixture(scope="session", name="xla_flags")

@@ -1,5 +1,9 @@
-"""The world base model helper: trains once when the export is missing, then reuses it."""
+"""The world base model helper: trains once when the export is missing, then reuses it, and
+checks each export once against the studies' bar."""
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,16 +19,60 @@ def test_trains_once_then_reuses_the_export(tmp_path, monkeypatch, world_overrid
     overrides = world_overrides(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m jaxreason.train"):
         world_model.world_base_model(str(config), overrides, train=False)
-    hf = world_model.world_base_model(str(config), overrides)
+    with pytest.warns(UserWarning, match="under the 80%"):  # four training steps
+        hf = world_model.world_base_model(str(config), overrides, check_problems=2)
     assert hf == tmp_path / "run" / "hf" and world_model.is_finished_export(hf)
+    assert json.loads((tmp_path / "run" / world_model.CHECK_FILE).read_text())["problems"] == 2
     stamp = (hf / "model.safetensors").stat().st_mtime_ns
 
     def no_training(*a, **k):
         raise AssertionError("a finished export must not be trained again")
 
     monkeypatch.setattr(world_model, "main", no_training)
-    assert world_model.world_base_model(str(config), overrides) == hf
+    monkeypatch.setattr(world_model, "evaluate_prompt_type", no_training)
+    with pytest.warns(UserWarning, match="under the 80%"):  # the stored check, not a new one
+        assert world_model.world_base_model(str(config), overrides, check_problems=2) == hf
     assert (hf / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.fixture
+def export(tmp_path, tiny_world_model):
+    """A copy of the tiny world model's export in a run directory of this test's own."""
+    hf = tmp_path / "run" / "hf"
+    shutil.copytree(tiny_world_model, hf)
+    return hf
+
+
+def test_an_export_under_the_bar_is_named_with_its_figure(export):
+    with pytest.warns(UserWarning, match=r"reached \d+% exact match on 3 held-out 2-step") as w:
+        done = world_model.check_export(export, 3)
+    assert "--trainer.seed" in str(w[0].message) and str(export) in str(w[0].message)
+    stored = json.loads((export.parent / world_model.CHECK_FILE).read_text())
+    assert stored == done and not done["passed"] and 0 <= done["exact_match"] < 0.8
+    assert (done["split"], done["steps"], done["prompt_type"], done["n_shots"], done["bar"]) \
+        == ("test", 2, "cot_prompt", 4, 0.8)
+
+
+def test_a_passing_export_is_checked_once_per_weights(export, monkeypatch, capsys):
+    calls = []
+
+    def evaluate(model, params, tokenizer, problems, prompt_type, **kwargs):
+        calls.append([p.n_steps for p in problems])
+        return {"accuracy": 0.9, "n_shots": 4}
+
+    monkeypatch.setattr(world_model, "evaluate_prompt_type", evaluate)
+    assert world_model.check_export(export, 5)["passed"]
+    assert "90% exact match on 5 held-out 2-step problems" in capsys.readouterr().err
+    assert world_model.check_export(export, 5)["exact_match"] == 0.9 and len(calls) == 1
+    weights = export / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    world_model.check_export(export, 5)  # other weights: checked again
+    assert calls == [[2] * 5, [2] * 5]
+
+
+def test_more_problems_than_the_split_holds_are_refused(export):
+    with pytest.raises(ValueError, match="check_problems = 100000"):
+        world_model.check_export(export, 100000)
 
 
 def test_model_path_wins_and_bad_paths_are_named(tmp_path):
