@@ -8,13 +8,20 @@ whole split (one compiled program) and decoded greedily until the blank line tha
 solution, or ``max_new_tokens``. The answer is the integer of the first
 ``The answer is N.`` of the continuation; a missing or non-integer answer counts wrong.
 
+Each wrong answer is also classified by where the continuation first leaves the gold chain
+(:func:`first_error`): an operand copied wrong from the question or a fact, one carried wrong
+from an earlier step, a wrong operator, a wrong result, a missing step. It tells a model that
+has not learnt to find its numbers from one that cannot add (``--errors`` prints the counts).
+
     python -m jaxreason.tasks.word_problems_eval --model runs/world_base/hf \\
-        [--split test] [--per_steps 100] [--prompt_types cot_prompt,text_only] [--out x.json]
+        [--split test] [--per_steps 100] [--steps 2] [--prompt_types cot_prompt,text_only] \\
+        [--errors] [--out x.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -32,6 +39,7 @@ from jaxreason.tasks.word_problems import STEP_COUNTS, WordProblem, make_splits
 from jaxreason.tasks.world_tokenizer import stop_token_id
 
 ANSWER_RE = re.compile(r"The answer is (\d+)\.")
+EQUATION_RE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
 def parse_answer(continuation: str) -> int | None:
@@ -39,10 +47,44 @@ def parse_answer(continuation: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def balanced(problems: Sequence[WordProblem], per_steps: int) -> list[WordProblem]:
-    """The first ``per_steps`` problems of each step count, in split order."""
+def first_error(problem: WordProblem, continuation: str) -> str:
+    """Where ``continuation`` first leaves ``problem``'s gold chain, read from its equations
+    (``l op r = result``) in order: ``"right"``; ``"step N: left operand from the question"``
+    (or a fact: the gold operand is no earlier step's result), ``"step N: right operand from
+    an earlier step"``, ``"step N: operator"``, ``"step N: result of +"`` (arithmetic),
+    ``"step N: missing"``; or ``"answer line"`` when every step is right and the answer is
+    not."""
+    if parse_answer(continuation) == problem.answer:
+        return "right"
+    found = EQUATION_RE.findall(continuation)
+    for n, step in enumerate(problem.steps, start=1):
+        if n > len(found):
+            return f"step {n}: missing"
+        left, op, right, result = found[n - 1]
+        for side, got, gold, ref in (("left", left, step.left, step.left_ref),
+                                     ("right", right, step.right, step.right_ref)):
+            if int(got) != gold:
+                source = "the question" if ref is None else "an earlier step"
+                return f"step {n}: {side} operand from {source}"
+        if op != step.op:
+            return f"step {n}: operator"
+        if int(result) != step.result:
+            return f"step {n}: result of {step.op}"
+    return "answer line"
+
+
+def error_counts(problems: Sequence[WordProblem], continuations: Sequence[str]) -> dict:
+    """:func:`first_error` counted over the wrong answers, most frequent first."""
+    counts = collections.Counter(first_error(p, c) for p, c in zip(problems, continuations))
+    counts.pop("right", None)
+    return dict(counts.most_common())
+
+
+def balanced(problems: Sequence[WordProblem], per_steps: int,
+             step_counts: Sequence[int] = STEP_COUNTS) -> list[WordProblem]:
+    """The first ``per_steps`` problems of each of ``step_counts``, in split order."""
     out = []
-    for n in STEP_COUNTS:
+    for n in step_counts:
         chosen = [p for p in problems if p.n_steps == n][:per_steps]
         if len(chosen) < per_steps:
             raise ValueError(f"only {len(chosen)} {n}-step problems, {per_steps} asked")
@@ -82,6 +124,7 @@ def evaluate_prompt_type(model, params, tokenizer, problems: Sequence[WordProble
                 for n in STEP_COUNTS if (steps == n).any()}
     return {"prompt_type": prompt_type, "n_shots": n_shots, "accuracy": float(correct.mean()),
             "by_steps": by_steps, "count": {int(n): int((steps == n).sum()) for n in by_steps},
+            "first_errors": error_counts(problems, texts),
             "prefix_tokens": len(prefix_ids), "predictions": preds, "continuations": texts}
 
 
@@ -111,25 +154,40 @@ def cli(argv=None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--per_steps", type=int, default=100, help="problems per step count")
     ap.add_argument("--prompt_types", default=",".join(PROMPT_TYPES))
+    ap.add_argument("--steps", default=",".join(map(str, STEP_COUNTS)),
+                    help="the step counts to evaluate (comma separated)")
     ap.add_argument("--n_shots", type=int, default=4)
     ap.add_argument("--batch_size", type=int, default=100)
     ap.add_argument("--max_new_tokens", type=int, default=120)
+    ap.add_argument("--errors", action="store_true",
+                    help="print where the wrong answers first leave the gold chain")
     ap.add_argument("--out", help="write the results (with continuations) as JSON here")
     args = ap.parse_args(argv)
     types = [t for t in args.prompt_types.split(",") if t]
     bad = [t for t in types if t not in PROMPT_TYPES]
     if bad:
         ap.error(f"--prompt_types {bad}: allowed {list(PROMPT_TYPES)}")
+    steps = [n.strip() for n in args.steps.split(",") if n.strip()]
+    if not steps or any(n not in map(str, STEP_COUNTS) for n in steps):
+        ap.error(f"--steps {args.steps!r}: allowed step counts {list(STEP_COUNTS)}, "
+                 f"comma separated")
+    steps = [int(n) for n in steps]
     splits = make_splits()
     if args.split not in splits:
         ap.error(f"--split {args.split!r}: allowed {list(splits)}")
 
     model, params = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    problems = balanced(splits[args.split], args.per_steps)
+    problems = balanced(splits[args.split], args.per_steps, steps)
     results = evaluate(model, params, tokenizer, problems, types, n_shots=args.n_shots,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     print(table(results))
+    if args.errors:
+        for t, r in results.items():
+            wrong = sum(r["first_errors"].values())
+            print(f"\n{t}: first wrong number of the {wrong} wrong answers")
+            for kind, n in r["first_errors"].items():
+                print(f"  {n:4d}  {kind}")
     if args.out:
         target = Path(args.out)
         target.parent.mkdir(parents=True, exist_ok=True)

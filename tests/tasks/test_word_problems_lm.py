@@ -140,3 +140,5 @@ def test_tiny_training_exports_a_local_checkpoint_that_evaluates(tmp_path):
                                batch_size=4, max_new_tokens=6)
     assert set(res["by_steps"]) == {1, 2, 3, 4} and len(res["continuations"]) == 4
     assert 0.0 <= res["accuracy"] <= 1.0
+    wrong = sum(pred != p.answer for pred, p in zip(res["predictions"], problems))
+    assert sum(res["first_errors"].values()) == wrong  # every wrong answer is classified
