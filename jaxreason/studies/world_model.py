@@ -16,8 +16,9 @@ Each new export is checked once against the bar the studies rely on (:func:`chec
 greedy 4-shot exact match on 100 held-out 2-step problems with full chain-of-thought
 demonstrations, at least 80%. The recipe learns to copy numbers from the question in some
 runs and not in others, depending on the initial weights alone (90% from seed 0; 38%, 39%
-and 59% from seeds 1, 2 and 3 on the development machine), and a run on another CPU, which may round differently, can take either path;
-a model under the bar would make every study's figures those of a model that cannot solve
+and 59% from seeds 1, 2 and 3 on the development machine; 1,600 steps instead of 1,000 left
+seed 1 at 38%), and a run on another CPU, which may round differently, can take either path.
+A model under the bar would make every study's figures those of a model that cannot solve
 the problems, so it is named in a warning rather than found out from the reports.
 """
 
@@ -140,11 +141,10 @@ def _run_check(hf_dir: Path, problems: int) -> dict:
     model, params = load_pretrained(hf_dir)
     result = evaluate_prompt_type(model, params, load_tokenizer(hf_dir), chosen, "cot_prompt",
                                   batch_size=min(problems, 100))
-    done = {"export": str(hf_dir), "weights": _weights_stamp(hf_dir), "split": "test",
+    return {"export": str(hf_dir), "weights": _weights_stamp(hf_dir), "split": "test",
             "steps": 2, "prompt_type": "cot_prompt", "n_shots": result["n_shots"],
             "problems": problems, "exact_match": result["accuracy"], "bar": CHECK_BAR,
             "passed": result["accuracy"] >= CHECK_BAR}
-    return done
 
 
 def _report(done: dict, hf_dir: Path, train_config: str) -> None:
@@ -159,9 +159,9 @@ def _report(done: dict, hf_dir: Path, train_config: str) -> None:
                       f"{CHECK_BAR:.0%} the studies rely on: their figures would be those of a "
                       f"model that cannot solve the problems. Whether this recipe learns "
                       f"depends on the initial weights (see the README's embedded-world "
-                      f"section); train again into a fresh run_dir with another "
-                      f"--trainer.seed (or more --trainer.steps) of {train_config}, or set "
-                      f"model_path to a model of your own", stacklevel=3)
+                      f"section); train {train_config} again into a fresh run_dir with "
+                      f"another --trainer.seed, or set model_path to a model of your own",
+                      stacklevel=3)
 
 
 def resolve_model_path(config, train: bool = True) -> Path:

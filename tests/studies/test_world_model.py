@@ -19,7 +19,10 @@ def test_trains_once_then_reuses_the_export(tmp_path, monkeypatch, world_overrid
     overrides = world_overrides(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m jaxreason.train"):
         world_model.world_base_model(str(config), overrides, train=False)
-    with pytest.warns(UserWarning, match="under the 80%"):  # four training steps
+    # the check's decoding is tested on its own below; here, that a new export gets checked
+    monkeypatch.setattr(world_model, "evaluate_prompt_type",
+                        lambda *a, **k: {"accuracy": 0.5, "n_shots": 4})
+    with pytest.warns(UserWarning, match="under the 80%"):
         hf = world_model.world_base_model(str(config), overrides, check_problems=2)
     assert hf == tmp_path / "run" / "hf" and world_model.is_finished_export(hf)
     assert json.loads((tmp_path / "run" / world_model.CHECK_FILE).read_text())["problems"] == 2
