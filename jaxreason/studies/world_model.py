@@ -125,8 +125,12 @@ def check_export(hf_dir, problems: int = CHECK_PROBLEMS,
     reported again, so every study run on a model under the bar says so."""
     hf_dir = Path(hf_dir)
     target = hf_dir.parent / CHECK_FILE
-    done = json.loads(target.read_text()) if target.is_file() else {}
-    if done.get("weights") != _weights_stamp(hf_dir) or done.get("problems") != problems:
+    try:  # a check file that cannot be read is a check not done
+        done = json.loads(target.read_text())
+    except (OSError, ValueError):
+        done = {}
+    if not isinstance(done, dict) or done.get("weights") != _weights_stamp(hf_dir) \
+            or done.get("problems") != problems:
         done = _run_check(hf_dir, problems)
         write_json(target, done, indent=1)
     _report(done, hf_dir, train_config)

@@ -71,6 +71,8 @@ def test_a_passing_export_is_checked_once_per_weights(export, monkeypatch, capsy
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     world_model.check_export(export, 5)  # other weights: checked again
     assert calls == [[2] * 5, [2] * 5]
+    (export.parent / world_model.CHECK_FILE).write_text("{cut by a kill")
+    assert world_model.check_export(export, 5)["passed"] and len(calls) == 3  # checked anew
 
 
 def test_more_problems_than_the_split_holds_are_refused(export):
