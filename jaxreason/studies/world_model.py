@@ -124,15 +124,10 @@ def check_export(hf_dir, problems: int = CHECK_PROBLEMS,
     and modification time) is read back instead (about 15 s on a 2-core CPU otherwise), and
     reported again, so every study run on a model under the bar says so."""
     hf_dir = Path(hf_dir)
-    target = hf_dir.parent / CHECK_FILE
-    try:  # a check file that cannot be read is a check not done
-        done = json.loads(target.read_text())
-    except (OSError, ValueError):
-        done = {}
-    if not isinstance(done, dict) or done.get("weights") != _weights_stamp(hf_dir) \
-            or done.get("problems") != problems:
+    done = stored_check(hf_dir)
+    if done is None or done.get("problems") != problems:
         done = _run_check(hf_dir, problems)
-        write_json(target, done, indent=1)
+        write_json(hf_dir.parent / CHECK_FILE, done, indent=1)
     _report(done, hf_dir, train_config)
     return done
 
@@ -166,6 +161,33 @@ def _report(done: dict, hf_dir: Path, train_config: str) -> None:
                       f"section); train {train_config} again into a fresh run_dir with "
                       f"another --trainer.seed, or set model_path to a model of your own",
                       stacklevel=3)
+
+
+def stored_check(hf_dir) -> dict | None:
+    """The check of the export in ``hf_dir`` (:func:`check_export`) when its run directory
+    holds one for these very weights, else None (a model of the user's own, not checked yet,
+    or a check file that cannot be read, which counts as no check)."""
+    hf_dir = Path(hf_dir)
+    try:
+        done = json.loads((hf_dir.parent / CHECK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or not (hf_dir / "model.safetensors").is_file() \
+            or done.get("weights") != _weights_stamp(hf_dir):
+        return None
+    return done
+
+
+def check_sentence(check: dict | None) -> str:
+    """The sentence a study report gives its model's check: the figure, the bar and whether
+    it passed, so a report on a model under the bar says so where its numbers are read."""
+    if check is None:
+        return ""
+    verdict = "passed" if check["passed"] else (
+        "UNDER THE BAR: the figures below are those of a model that has not learnt the task")
+    return (f" World base model check: {check['exact_match']:.0%} exact match on "
+            f"{check['problems']} held-out 2-step problems (greedy, 4-shot, full chain of "
+            f"thought; bar {check['bar']:.0%}): {verdict}.")
 
 
 def resolve_model_path(config, train: bool = True) -> Path:

@@ -90,3 +90,19 @@ def test_model_path_wins_and_bad_paths_are_named(tmp_path):
     Config.model_path = ""
     with pytest.raises(ConfigError, match="unused.yaml"):
         world_model.resolve_model_path(Config())
+
+
+def test_a_stored_check_is_read_back_for_its_own_weights_only(export, monkeypatch):
+    assert world_model.stored_check(export) is None and world_model.check_sentence(None) == ""
+    monkeypatch.setattr(world_model, "evaluate_prompt_type",
+                        lambda *a, **k: {"accuracy": 0.9, "n_shots": 4})
+    done = world_model.check_export(export, 5)
+    assert world_model.stored_check(export) == done
+    assert world_model.check_sentence(done) == (
+        " World base model check: 90% exact match on 5 held-out 2-step problems (greedy, "
+        "4-shot, full chain of thought; bar 80%): passed.")
+    under = world_model.check_sentence({**done, "exact_match": 0.38, "passed": False})
+    assert "38% exact match" in under and "UNDER THE BAR" in under
+    weights = export / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert world_model.stored_check(export) is None  # a check of other weights

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxreason.plotting import new_figure, save_png
+from jaxreason.studies.world_model import check_sentence
 
 ORIGINAL = {"unmasked": {"best": 0.787, "mean": 0.690, "tests": 194},
             "masked": {"best": 0.640, "mean": 0.540, "tests": 99},
@@ -51,7 +52,8 @@ def write_report(path: Path, m: dict, config) -> Path:
              f"Data: {m['data']}. Model: {m.get('model', 'not loaded (stats_only)')}. Every number "
              f"below was produced in `{mode}` mode; `orig` columns use the original's "
              "aggregation (mean of per-batch ratios over test batches of "
-             f"{config.test_batch}), the others are true rates over the whole split.", "",
+             f"{config.test_batch}), the others are true rates over the whole split."
+             + check_sentence(m.get("model_check")), "",
              "## Data", "",
              f"{ds['rows']} rows: {ds['train_rows']} train (of which {ds['val_rows']} held out "
              f"for validation), {ds['test_rows']} test. The choice argument picks the correct "

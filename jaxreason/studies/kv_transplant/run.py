@@ -32,7 +32,7 @@ from jaxreason.studies.kv_transplant.config import KVTransplantConfig
 from jaxreason.studies.kv_transplant.report import plot_curves, write_report
 from jaxreason.studies.kv_transplant.train import (evaluate_rows, make_functions,
                                                    train_condition)
-from jaxreason.studies.world_model import resolve_model_path
+from jaxreason.studies.world_model import resolve_model_path, stored_check
 from jaxreason.tasks import cot_choice as cc
 from jaxreason.tasks.readers import read_cot_choice_csv
 
@@ -181,6 +181,7 @@ def run(config: KVTransplantConfig) -> dict:
         return finish(out, metrics, config, [], t0)
     model, params, tokenizer, path = model_and_adapter(config)
     metrics["model"] = path
+    metrics["model_check"] = stored_check(path)
     answer_ids = prompts.answer_ids(tokenizer, config.answer_tokens)
     log: list[dict] = []
     for condition in config.conditions:

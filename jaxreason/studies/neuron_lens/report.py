@@ -16,6 +16,7 @@ import numpy as np
 from jaxreason import atomic
 from jaxreason.plotting import new_figure, save_png
 from jaxreason.studies.neuron_lens.concepts import CONCEPTS
+from jaxreason.studies.world_model import check_sentence
 
 PUBLISHED = {
     "model": "Llama-2-7B, GSM8K test (1,319), 8-shot cot_prompt, greedy, fp16",
@@ -198,7 +199,8 @@ def write_report(path: Path, m: dict) -> Path:
         f"Data: {m['data']}; {m['problems']} problems per prompt type. Model: `{m['model']}` "
         f"({L} layers, F = {m['width']}), compute dtype {m['dtype']}. Every accuracy below "
         f"is from {mode}-mode decoding; the parser is named in each column (the mode's own "
-        f"parser, `{mode}`, counts for the sample, the ablation and the claims).",
+        f"parser, `{mode}`, counts for the sample, the ablation and the claims)."
+        + check_sentence(m.get("model_check")),
         "",
         "## Accuracy per prompt type",
         "",

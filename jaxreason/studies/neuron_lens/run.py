@@ -32,7 +32,7 @@ from jaxreason.studies.neuron_lens.config import NeuronLensConfig
 from jaxreason.studies.neuron_lens.data import load_data, sample_correct
 from jaxreason.studies.neuron_lens.decoding import (PromptSet, accuracy, dominant_run,
                                                     run_accuracy)
-from jaxreason.studies.world_model import resolve_model_path
+from jaxreason.studies.world_model import resolve_model_path, stored_check
 
 
 def _accuracies(results) -> dict:
@@ -140,7 +140,8 @@ def run(config: NeuronLensConfig) -> dict:
                                 for w, r in abl.items()}, config.mode, base, tests)
     metrics = {
         "mode": config.mode, "dtype": config.dtype, "data": data.description,
-        "source": data.source, "model": str(model_dir), "num_layers": L, "width": F,
+        "source": data.source, "model": str(model_dir),
+        "model_check": stored_check(model_dir), "num_layers": L, "width": F,
         "problems": len(data.problems), "prompt_types": list(prompt_sets),
         "analysis_prompt": base, "accuracy": acc,
         "dominant": {"examples": len(sample), "sample": sample, "steps": config.neuron_steps,

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxreason import atomic
 from jaxreason.plotting import new_figure, save_png
+from jaxreason.studies.world_model import check_sentence
 
 PUBLISHED = {
     "strategyqa": {"Llama-2-7B-chat": 0.707, "Llama-3.1-8B-Instruct": 0.754,
@@ -89,7 +90,7 @@ def write_report(out: Path, metrics: dict, config, heat: dict | None) -> list[st
              f"Every number below is from {mode} mode; the headline epoch is "
              + ("the best by test accuracy (as the paper reports)" if mode == "faithful"
                 else "the last") +
-             ", and both are listed.", "",
+             ", and both are listed." + check_sentence(metrics.get("model_check")), "",
              "| variant | trainable | planning tokens | labels | test examples (unique) | "
              "best epoch | best acc. | last epoch | last acc. | memory:reason steps |",
              "|---|---|---|---|---|---|---|---|---|---|"]

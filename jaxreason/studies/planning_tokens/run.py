@@ -39,7 +39,7 @@ from jaxreason.studies.planning_tokens.rescore import rescore
 from jaxreason.studies.planning_tokens.training import (steps_per_epoch, token_dataset,
                                                         train_config)
 from jaxreason.studies.planning_tokens.vocab import extend_tokenizer, init_sources, output_bias
-from jaxreason.studies.world_model import resolve_model_path
+from jaxreason.studies.world_model import resolve_model_path, stored_check
 from jaxreason.tasks.planning import (Template, TokenGroups, draw_with_replacement,
                                       make_examples, records_from_rows)
 from jaxreason.tasks.readers import read_planning_json
@@ -217,6 +217,7 @@ def run(config: PlanningTokensConfig) -> dict:
     train_records, test_records = load_records(config)
     groups = TokenGroups(config.n_prefix, config.n_special)
     metrics: dict = {"mode": config.mode, "dataset": config.dataset, "model": str(base_dir),
+                     "model_check": stored_check(base_dir),
                      "train_examples": len(train_records), "test_records": len(test_records),
                      "groups": {"n_prefix": groups.n_prefix, "n_special": groups.n_special,
                                 "new_tokens": groups.count},

@@ -4,11 +4,13 @@ statistics-only path on a user's CSV, which never loads a model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from jaxreason.config_io import ConfigError
 from jaxreason.probe.__main__ import cli
+from jaxreason.studies import world_model
 from jaxreason.studies.base import load_study
 from jaxreason.tasks import cot_choice as cc
 
@@ -40,9 +42,16 @@ def test_config_refusals():
 
 
 @pytest.mark.parametrize("mode", ["faithful"])
-def test_small_end_to_end_run(tmp_path, tiny_world_model, mode):
+def test_small_end_to_end_run(tmp_path, tiny_world_model, mode, monkeypatch):
+    # a checked copy of the model: the report states the check beside the model
+    model = tmp_path / "world" / "hf"
+    shutil.copytree(tiny_world_model, model)
+    monkeypatch.setattr(world_model, "evaluate_prompt_type",
+                        lambda *a, **k: {"accuracy": 0.5, "n_shots": 4})
+    with pytest.warns(UserWarning, match="under the 80%"):
+        world_model.check_export(model, 2)
     config, study = load_study(CONFIG, [
-        f"--model_path={tiny_world_model}", f"--run_dir={tmp_path / 'run'}", f"--mode={mode}",
+        f"--model_path={model}", f"--run_dir={tmp_path / 'run'}", f"--mode={mode}",
         "--world_rows=36", "--steps=2", "--subbatch=4", "--subbatches_per_step=3",
         "--test_batch=4", "--val_fraction=0.2", "--progress=false", "--world_steps=[1]",
         "--length_bucket=64", "--conditions=[shuffled, positive_control]"])
@@ -62,3 +71,5 @@ def test_small_end_to_end_run(tmp_path, tiny_world_model, mode):
     assert (out / "test_f_c.png").is_file() and (out / "data.csv").is_file()
     report = (out / "report.md").read_text()
     assert "faithful mode" in report and "0.787" in report
+    assert "World base model check: 50% exact match on 2 held-out" in report
+    assert metrics["model_check"]["exact_match"] == 0.5

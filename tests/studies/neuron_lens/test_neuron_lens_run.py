@@ -59,6 +59,7 @@ def test_every_stage_writes_its_outputs(finished):
         set(m["targets"]["concept"]))
     report = (out / "report.md").read_text()
     assert "fixed mode" in report and "16.83%" in report and "seed_tokens" in report
+    assert "World base model check" not in report  # a model with no check beside it
 
 
 def test_rerun_resumes_every_decoding_run(finished):

@@ -74,3 +74,4 @@ def test_small_end_to_end_run(tiny_world_model, tmp_path):
     rows = [json.loads(line) for line in (run / "paper/eval/epoch_1/results.jsonl").open()]
     assert len(rows) == 4 and all("correct" in r and "step_types" in r for r in rows)
     assert "fixed mode" in (run / "report.md").read_text()
+    assert "World base model check" not in (run / "report.md").read_text()  # none stored
