@@ -24,7 +24,6 @@ seed 3's, which reached 0.81 by the end, did not exist yet, so a run is judged a
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from typing import Sequence
@@ -35,8 +34,8 @@ import numpy as np
 from jaxreason.models import load_pretrained, load_tokenizer
 from jaxreason.tasks import word_problem_lexicon as lex
 from jaxreason.tasks.word_problem_variants import few_shot_prompt
-from jaxreason.tasks.word_problems import QUESTION, WordProblem, make_splits
-from jaxreason.tasks.word_problems_eval import balanced
+from jaxreason.tasks.word_problems import QUESTION, WordProblem
+from jaxreason.tasks.word_problems_eval import balanced, model_and_split_parser, split_or_exit
 
 
 def copy_sites(problem: WordProblem) -> list[tuple[int, int]]:
@@ -120,21 +119,15 @@ def attention_table(attention: Sequence[Sequence[float]]) -> str:
 
 
 def cli(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxreason.tasks.word_problems_copy",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="local HF directory (weights + tokenizer)")
-    ap.add_argument("--split", default="test")
+    ap = model_and_split_parser("jaxreason.tasks.word_problems_copy", __doc__)
     ap.add_argument("--problems", type=int, default=60,
                     help="2-step and 3-step problems each (the first of the split)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
-    splits = make_splits()
-    if args.split not in splits:
-        ap.error(f"--split {args.split!r}: allowed {list(splits)}")
+    split = split_or_exit(ap, args.split)
     if args.problems < 1:
         ap.error(f"--problems {args.problems}: must be positive")
-    chosen = balanced(splits[args.split], args.problems, (2, 3))
+    chosen = balanced(split, args.problems, (2, 3))
     model, params = load_pretrained(args.model)
     result = copy_attention(model, params, load_tokenizer(args.model), chosen)
     if args.json:

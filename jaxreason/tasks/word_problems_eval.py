@@ -146,12 +146,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def cli(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxreason.tasks.word_problems_eval",
-                                 description=__doc__,
+def model_and_split_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a world-model command: ``--model`` and ``--split``."""
+    ap = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="local HF directory (weights + tokenizer)")
     ap.add_argument("--split", default="test")
+    return ap
+
+
+def split_or_exit(ap: argparse.ArgumentParser, name: str) -> list[WordProblem]:
+    """The problems of split ``name``; an argparse error naming the allowed splits."""
+    splits = make_splits()
+    if name not in splits:
+        ap.error(f"--split {name!r}: allowed {list(splits)}")
+    return splits[name]
+
+
+def cli(argv=None) -> int:
+    ap = model_and_split_parser("jaxreason.tasks.word_problems_eval", __doc__)
     ap.add_argument("--per_steps", type=int, default=100, help="problems per step count")
     ap.add_argument("--prompt_types", default=",".join(PROMPT_TYPES))
     ap.add_argument("--steps", default=",".join(map(str, STEP_COUNTS)),
@@ -172,13 +185,11 @@ def cli(argv=None) -> int:
         ap.error(f"--steps {args.steps!r}: allowed step counts {list(STEP_COUNTS)}, "
                  f"comma separated")
     steps = [int(n) for n in steps]
-    splits = make_splits()
-    if args.split not in splits:
-        ap.error(f"--split {args.split!r}: allowed {list(splits)}")
+    split = split_or_exit(ap, args.split)
 
     model, params = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    problems = balanced(splits[args.split], args.per_steps, steps)
+    problems = balanced(split, args.per_steps, steps)
     results = evaluate(model, params, tokenizer, problems, types, n_shots=args.n_shots,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     print(table(results))
