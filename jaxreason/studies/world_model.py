@@ -160,7 +160,7 @@ def _report(done: dict, hf_dir: Path, train_config: str) -> None:
                       f"depends on the initial weights (see the README's embedded-world "
                       f"section); train {train_config} again into a fresh run_dir with "
                       f"another --trainer.seed (and --schedule.warmup_steps=300, which "
-                      f"lifted two seeds that failed from 38% and 39% to 66% and 96%), or "
+                      f"lifted seeds that failed from 38% and 39% to 66% and 96%), or "
                       f"set model_path to a model of your own",
                       stacklevel=3)
 
