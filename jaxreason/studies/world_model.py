@@ -17,8 +17,8 @@ greedy 4-shot exact match on 100 held-out 2-step problems with full chain-of-tho
 demonstrations, at least 80%. The recipe learns to copy numbers from the question in some
 runs and not in others, depending on the initial weights alone (90% from seed 0; 38%, 39%
 and 59% from seeds 1, 2 and 3 on the development machine; 1,600 steps instead of 1,000 left
-seed 1 at 38%, a 300-step warmup instead of 60 lifted seeds 1 and 2 to 66% and 96%), and a
-run on another CPU, which may round differently, can take either path.
+seed 1 at 38%; a 300-step warmup instead of 60 gave 96%, 66%, 96% and 33% on seeds 0-3),
+and a run on another CPU, which may round differently, can take either path.
 A model under the bar would make every study's figures those of a model that cannot solve
 the problems, so it is named in a warning rather than found out from the reports.
 """
@@ -160,8 +160,8 @@ def _report(done: dict, hf_dir: Path, train_config: str) -> None:
                       f"model that cannot solve the problems. Whether this recipe learns "
                       f"depends on the initial weights (see the README's embedded-world "
                       f"section); train {train_config} again into a fresh run_dir with "
-                      f"another --trainer.seed (and --schedule.warmup_steps=300, which "
-                      f"lifted seeds that failed from 38% and 39% to 66% and 96%), or "
+                      f"another --trainer.seed (perhaps with --schedule.warmup_steps=300: two "
+                      f"of four seeds passed with it, one of four without), or "
                       f"set model_path to a model of your own",
                       stacklevel=3)
 
