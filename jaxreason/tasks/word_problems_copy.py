@@ -97,14 +97,14 @@ def copy_attention(model, params, tokenizer, problems: Sequence[WordProblem],
         for r, (row, _) in enumerate(chunk):  # right padding: no position moves
             ids[r, :len(row)], mask[r, :len(row)] = row, 1
         out = model.jit_apply(params, jnp.asarray(ids), jnp.asarray(mask), capture=hooks)
-        top = np.asarray(jnp.argmax(out.logits, -1))
-        patterns = np.stack([np.asarray(out.captured[f"blocks.{i}.attn.hook_pattern"])
-                             for i in range(cfg.num_layers)], 1)  # B, L, H, Q, K
-        for r, (_, found) in enumerate(chunk):
-            for query, digit, key in found:
-                right += int(top[r, query] == digit)
-                weight += patterns[r, :, :, query, key]
-                n += 1
+        # only the sites' entries leave the device, not the (B, H, T, T) patterns
+        r, query, digit, key = (np.asarray(c) for c in zip(*[
+            (r, q, d, k) for r, (_, found) in enumerate(chunk) for q, d, k in found]))
+        right += int((np.asarray(jnp.argmax(out.logits[r, query], -1)) == digit).sum())
+        for i in range(cfg.num_layers):  # (sites, H) per layer
+            weight[i] += np.asarray(out.captured[f"blocks.{i}.attn.hook_pattern"]
+                                    [r, :, query, key]).sum(0)
+        n += len(r)
     return {"sites": n, "copy_accuracy": right / n, "attention": (weight / n).tolist()}
 
 
