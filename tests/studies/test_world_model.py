@@ -84,6 +84,7 @@ def test_model_path_wins_and_bad_paths_are_named(tmp_path):
     class Config:
         model_path = str(tmp_path / "missing")
         world_train_config = "unused.yaml"
+        world_fallbacks = 2
 
     with pytest.raises(ConfigError, match="missing"):
         world_model.resolve_model_path(Config())
@@ -106,3 +107,89 @@ def test_a_stored_check_is_read_back_for_its_own_weights_only(export, monkeypatc
     weights = export / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert world_model.stored_check(export) is None  # a check of other weights
+
+
+@pytest.fixture
+def fake_training(monkeypatch, tiny_world_model):
+    """Training replaced by a copy of the tiny world model's export (the real training is
+    tested above), recording each trained run's (run_dir name, seed)."""
+    trained = []
+
+    def train(config):
+        run = Path(config.trainer.run_dir)
+        trained.append((run.name, config.trainer.seed))
+        shutil.copytree(tiny_world_model, run / "hf")
+
+    monkeypatch.setattr(world_model, "main", train)
+    return trained
+
+
+def checks_scoring(monkeypatch, accuracies):
+    """Checks that score the exports in the order they are checked."""
+    left = list(accuracies)
+    monkeypatch.setattr(world_model, "evaluate_prompt_type",
+                        lambda *a, **k: {"accuracy": left.pop(0), "n_shots": 4})
+    return left
+
+
+def test_an_export_under_the_bar_gives_way_to_the_first_seed_that_passes(
+        tmp_path, monkeypatch, capsys, world_overrides, fake_training):
+    config = str(ROOT / "configs/world_base.yaml")
+    overrides = world_overrides(tmp_path)
+    checks_scoring(monkeypatch, [0.38, 0.66, 0.96])
+    hf = world_model.world_base_model(config, overrides, check_problems=2)
+    assert hf == tmp_path / "run-seed1" / "hf"
+    assert fake_training == [("run", 0), ("run-seed2", 2), ("run-seed1", 1)]
+    err = capsys.readouterr().err
+    assert "run/hf: 38% exact match on 2 held-out" in err and "under the 80% bar" in err
+    assert "again from seed 1 (fallback 2 of 2)" in err
+    assert "run-seed1/hf: 96% exact match" in err
+    checks_scoring(monkeypatch, [])  # stored checks only, no training, from now on
+    assert world_model.world_base_model(config, overrides, check_problems=2) == hf
+    assert len(fake_training) == 3
+    with pytest.warns(UserWarning, match="38% exact match"):  # no fallbacks: the first, warned
+        assert world_model.world_base_model(config, overrides, check_problems=2,
+                                            fallbacks=0) == tmp_path / "run" / "hf"
+
+
+def test_when_no_seed_passes_the_best_is_used_and_named(tmp_path, monkeypatch,
+                                                        world_overrides, fake_training):
+    config = str(ROOT / "configs/world_base.yaml")
+    overrides = world_overrides(tmp_path)
+    checks_scoring(monkeypatch, [0.38, 0.66, 0.33])
+    with pytest.warns(UserWarning, match=r"66% exact match.*best of 3 seeds") as w:
+        hf = world_model.world_base_model(config, overrides, check_problems=2)
+    assert hf == tmp_path / "run-seed2" / "hf" and "not trained yet" not in str(w[0].message)
+
+
+def test_the_fallback_seeds_skip_the_configured_one():
+    config = str(ROOT / "configs/world_base.yaml")
+    configured, *fallbacks = world_model.candidate_configs(config, ["--trainer.seed=2"], 2)
+    assert configured.trainer.seed == 2
+    assert [(c.trainer.seed, c.trainer.run_dir) for c in fallbacks] == [
+        (1, "runs/world_base-seed1")]
+    assert all(c.schedule == configured.schedule and c.optimizer == configured.optimizer
+               for c in fallbacks)  # the same recipe
+
+
+def test_fallbacks_are_not_trained_without_training(tmp_path, monkeypatch, world_overrides,
+                                                     fake_training):
+    config = str(ROOT / "configs/world_base.yaml")
+    overrides = world_overrides(tmp_path)
+    checks_scoring(monkeypatch, [0.38])
+    world_model.world_base_model(config, overrides, check_problems=0)  # trained, not checked
+    with pytest.warns(UserWarning, match=r"38% exact match.*2 fallback seed\(s\) not trained"):
+        assert world_model.world_base_model(config, overrides, train=False,
+                                            check_problems=2) == tmp_path / "run" / "hf"
+    assert len(fake_training) == 1
+    with pytest.raises(ConfigError, match=r"world_fallbacks = 3: it must be 0 to 2"):
+        world_model.world_base_model(config, overrides, fallbacks=3)
+
+
+def test_the_cli_prints_the_export_it_chose(tmp_path, monkeypatch, capsys, world_overrides,
+                                            fake_training):
+    checks_scoring(monkeypatch, [0.38, 0.9])
+    hf = world_model.cli(["--config", str(ROOT / "configs/world_base.yaml"),
+                          "--check_problems", "2", *world_overrides(tmp_path)])
+    assert hf == tmp_path / "run-seed2" / "hf"
+    assert capsys.readouterr().out.strip() == str(hf)
