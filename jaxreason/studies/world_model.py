@@ -16,8 +16,8 @@ Each new export is checked once against the bar the studies rely on (:func:`chec
 greedy 4-shot exact match on 100 held-out 2-step problems with full chain-of-thought
 demonstrations, at least 80%. The recipe learns to copy numbers from the question in some
 runs and not in others, depending on the initial weights and on how the CPU rounds: seeds 0-3
-reached 96%, 66%, 96% and 33% on an AMD EPYC (AVX2), seeds 0, 1 and 3 93%, 96% and 41% on an
-Intel Xeon (AVX-512); with a 60-step warmup instead of 300, seed 0 gave 90% on the EPYC and
+reached 96%, 66%, 96% and 33% on an AMD EPYC (AVX2) and 93%, 96%, 97% and 41% on an Intel
+Xeon (AVX-512); with a 60-step warmup instead of 300, seed 0 gave 90% on the EPYC and
 59% on the Xeon, seeds 1-3 38%, 39% and 59% on the EPYC, and 1,600 steps left seed 1 at 38%.
 A model under the bar would make every study's figures those of a model that cannot solve
 the problems, so an export under it is not used while a fallback seed
@@ -59,9 +59,9 @@ CHECK_PROBLEMS = 100
 
 #: the seeds trained, in turn, when the configured run's export fails its check (the same
 #: recipe from other initial weights, each in ``<run_dir>-seed<S>``). With the configured
-#: 300-step warmup, seeds 0-3 reached 96%, 66%, 96% and 33% on an AMD EPYC (AVX2) and seeds 0,
-#: 1 and 3 93%, 96% and 41% on an Intel Xeon (AVX-512): seed 3 failed on both, seed 2 passed
-#: where it was tried, seed 1 on one of the two. On another machine each run is a new draw.
+#: 300-step warmup, seeds 0-3 reached 96%, 66%, 96% and 33% on an AMD EPYC (AVX2) and 93%,
+#: 96%, 97% and 41% on an Intel Xeon (AVX-512): seed 2 passed on both, seed 1 on one, seed 3
+#: on neither. On another machine each run is a new draw.
 FALLBACK_SEEDS = (2, 1)
 
 
